@@ -1,0 +1,47 @@
+"""caiman_dask: lazy, exact, chunked views of CaImAn CNMF / CNMF-E results on dask."""
+
+from __future__ import annotations
+
+from ._io import MovieSource, open_movie, parse_memmap_name
+from ._model import CNMFModel, from_arrays, open_cnmf
+from ._movies import RCB, RCM, Movie, Residuals, rcb, rcm, residuals
+from ._synthetic import synthetic, write_cnmf_hdf5
+from .errors import (
+    CaimanDaskError,
+    CaimanDaskWarning,
+    ComponentError,
+    EmptyComponentsWarning,
+    FileFormatError,
+    NaNWarning,
+    OptionError,
+    ShapeMismatchError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RCB",
+    "RCM",
+    "CNMFModel",
+    "CaimanDaskError",
+    "CaimanDaskWarning",
+    "ComponentError",
+    "EmptyComponentsWarning",
+    "FileFormatError",
+    "Movie",
+    "MovieSource",
+    "NaNWarning",
+    "OptionError",
+    "Residuals",
+    "ShapeMismatchError",
+    "__version__",
+    "from_arrays",
+    "open_cnmf",
+    "open_movie",
+    "parse_memmap_name",
+    "rcb",
+    "rcm",
+    "residuals",
+    "synthetic",
+    "write_cnmf_hdf5",
+]

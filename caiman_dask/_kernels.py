@@ -1,0 +1,120 @@
+"""Block kernels for frames: plain NumPy / numba functions, no dask inside.
+
+:func:`frames` writes frames in C pixel order into a caller-provided ``out`` array of shape
+``(n, npix)`` (C-contiguous), so results never need a Fortran→C transpose; the footprints are
+permuted to C pixel order once, beforehand. :func:`frames_reference` is its plain NumPy twin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import scipy.sparse
+
+__all__ = [
+    "c_to_f_permutation",
+    "frames",
+    "frames_reference",
+]
+
+
+def c_to_f_permutation(dims: Sequence[int]) -> np.ndarray:
+    """``perm[p_c] = p_f``: the Fortran (CaImAn) index of each pixel taken in C order."""
+    P = math.prod(dims)
+    return np.arange(P, dtype=np.int64).reshape(tuple(dims), order="F").ravel(order="C")
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_frame(o, indptr, indices, data, c, b, f, alpha):  # pragma: no cover - compiled
+    """``o += alpha * (b @ f + A @ c)`` for one frame (A in CSC: scatter its columns)."""
+    nb = b.shape[1]
+    P = o.shape[0]
+    if nb == 1:
+        f0 = alpha * f[0]
+        for p in range(P):
+            o[p] += b[p, 0] * f0
+    elif nb == 2:
+        f0 = alpha * f[0]
+        f1 = alpha * f[1]
+        for p in range(P):
+            o[p] += b[p, 0] * f0 + b[p, 1] * f1
+    elif nb > 2:
+        for p in range(P):
+            acc = 0.0
+            for r in range(nb):
+                acc += b[p, r] * f[r]
+            o[p] += alpha * acc
+    K = c.shape[0]
+    for k in range(K):
+        ck = c[k] * alpha
+        if ck != 0.0:
+            for j in range(indptr[k], indptr[k + 1]):
+                o[indices[j]] += data[j] * ck
+
+
+def frames(
+    out: np.ndarray,
+    A: scipy.sparse.csc_matrix,
+    Ct: np.ndarray,
+    b: np.ndarray | None = None,
+    ft: np.ndarray | None = None,
+    Y: np.ndarray | None = None,
+) -> None:
+    """Write ``out[t] = Y[t] − (b @ ft[t] + A @ Ct[t])``, or ``b @ ft[t] + A @ Ct[t]`` without Y.
+
+    Frame by frame, so each output frame is initialised and accumulated while it sits in
+    cache: the movie (or zeros) first, then the low-rank term as an explicit multiply-add, then
+    the footprints of the non-zero traces scattered in (CSC columns, rows = pixels in C order).
+
+    Parameters
+    ----------
+    out
+        ``(n, npix)`` C-contiguous, float32 or float64.
+    A
+        CSC ``(npix, K)``, rows in the output's pixel order.
+    Ct
+        Traces ``(n, K)``.
+    b, ft
+        Low-rank background ``(npix, nb)`` and ``(n, nb)``, or ``None``.
+    Y
+        Movie frames ``(n, ...)`` with ``npix`` pixels each, any strides (e.g. a transposed
+        memmap view), or ``None``.
+    """
+    n, npix = out.shape
+    if n == 0:
+        return
+    dt = out.dtype
+    if b is None or ft is None:
+        b = np.zeros((npix, 0), dt)
+        ft = np.zeros((n, 0), dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    ft = np.ascontiguousarray(ft, dtype=dt)
+    Ct = np.ascontiguousarray(Ct, dtype=dt)
+    data = A.data if A.data.dtype == dt else A.data.astype(dt)
+    alpha = 1.0 if Y is None else -1.0
+    for t in range(n):
+        o = out[t]
+        if Y is None:
+            o.fill(0)
+        else:
+            o.reshape(Y.shape[1:])[...] = Y[t]
+        _add_frame(o, A.indptr, A.indices, data, Ct[t], b, ft[t], alpha)
+
+
+def frames_reference(
+    A: scipy.sparse.spmatrix,
+    Ct: np.ndarray,
+    b: np.ndarray | None = None,
+    ft: np.ndarray | None = None,
+    Y: np.ndarray | None = None,
+) -> np.ndarray:
+    """NumPy float64 twin of :func:`frames`, returning ``(n, npix)``."""
+    acc = np.asarray(Ct, np.float64) @ A.toarray().T.astype(np.float64)
+    if b is not None and ft is not None:
+        acc = acc + np.asarray(ft, np.float64) @ np.asarray(b, np.float64).T
+    if Y is None:
+        return acc
+    return np.asarray(Y, np.float64).reshape(len(acc), -1) - acc
