@@ -11,6 +11,7 @@ frames-first with C-contiguous semantics, ``frame[i, j] = Yr[i + d1*j, t]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -82,6 +83,18 @@ class _Backend:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the file handles opened so far (they reopen on the next read)."""
+        for name in [k for k in self.__dict__ if k.startswith("_h")]:
+            handle = self.__dict__.pop(name)
+            close = getattr(handle, "close", None)
+            if close is not None:
+                with contextlib.suppress(OSError, ValueError, RuntimeError):
+                    close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class MemmapBackend(_Backend):

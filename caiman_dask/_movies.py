@@ -548,7 +548,11 @@ def _time_positions(tkey: Any, T: int) -> tuple[np.ndarray, Any]:
         return np.array([tkey % T], dtype=np.int64), 0
     if isinstance(tkey, slice):
         return np.arange(T, dtype=np.int64)[tkey], slice(None)
-    arr = np.asarray(tkey)
+    arr = (
+        np.asarray(tkey, dtype=np.int64)
+        if isinstance(tkey, list) and not tkey
+        else np.asarray(tkey)
+    )
     if arr.dtype == bool:
         if arr.shape != (T,):
             raise IndexError(
@@ -556,7 +560,7 @@ def _time_positions(tkey: Any, T: int) -> tuple[np.ndarray, Any]:
                 f"but size of corresponding boolean axis is {arr.shape[0] if arr.ndim else 0}"
             )
         return np.flatnonzero(arr).astype(np.int64), slice(None)
-    if arr.size and arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iu":
         raise IndexError(
             "only integers, slices (`:`), ellipsis (`...`), and integer or boolean arrays are "
             f"valid indices (got dtype {arr.dtype})"

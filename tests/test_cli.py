@@ -1,0 +1,76 @@
+"""The caiman-dask command and the README's promises."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from caiman_dask._cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_and_checks_itself(tmp_path, capsys):
+    code = main(
+        [
+            "demo",
+            str(tmp_path / "out"),
+            "--dims",
+            "40",
+            "48",
+            "--frames",
+            "150",
+            "--components",
+            "10",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "rcm[75]" in out and "max abs difference" in out
+    assert (tmp_path / "out" / "synthetic" / "synthetic.hdf5").exists()
+    assert list((tmp_path / "out" / "synthetic").glob("*_order_F_frames_150.mmap"))
+
+
+def test_info_on_cnmf_and_movie(caiman_dir, capsys):
+    assert main(["info", str(caiman_dir / "cnmf_2p.hdf5")]) == 0
+    out = capsys.readouterr().out
+    assert "K=31" in out and "A " in out
+    assert main(["info", str(caiman_dir / "mov_2p.tif")]) == 0
+    assert "(400, 60, 80)" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.hdf5")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "x_d1_3_d2_3_d3_1_order_C_frames_5.mmap"
+    bad.write_bytes(b"\0" * 8)
+    assert main(["info", str(bad)]) == 2
+    assert "truncated" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["frobnicate"])
+    assert e.value.code == 2
+
+
+def test_console_script_is_installed():
+    r = subprocess.run(
+        [sys.executable, "-m", "caiman_dask._cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0 and "demo" in r.stdout
+
+
+def test_readme_quick_start_matches_ci():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quick start\s+```bash\n(.*?)```", readme, re.S)
+    assert block, "README has no Quick start bash block"
+    commands = [c for c in block.group(1).strip().splitlines() if c.strip()]
+    assert len(commands) == 2, commands
+    assert "caiman-dask demo" in commands[0]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci.splitlines(), "the .ci/run must run the README's test command"
