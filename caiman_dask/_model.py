@@ -364,6 +364,9 @@ def _validate(m: CNMFModel) -> None:
     if m.W is not None and m.b0 is not None:
         if m.W.ndim != 2 or m.W.shape[0] != m.W.shape[1]:
             raise ShapeMismatchError(f"W must be square (P_ds, P_ds), got {tuple(m.W.shape)}")
+        from ._ring import infer_ssub_B
+
+        infer_ssub_B(tuple(int(x) for x in m.W.shape), dims)
         if tuple(m.b0.shape) != (P,):
             raise ShapeMismatchError(
                 f"b0 has shape {tuple(m.b0.shape)} but dims={dims} give ({P},)"

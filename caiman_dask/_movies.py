@@ -241,11 +241,18 @@ def _prepare_background(b: np.ndarray, dims: tuple[int, ...], dtype: np.dtype) -
     return np.ascontiguousarray(np.asarray(b)[c_to_f_permutation(dims)], dtype=dtype)
 
 
-def _op_array(name: str, func: Any, arr: da.Array, *args: Any) -> da.Array:
-    """A one-chunk dask array whose block is ``func(all blocks of arr, *args)``."""
-    keys = [k for k in _flat_keys(arr)]
-    layer = {(name, 0): (func, keys, *args)}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[arr])
+def _op_array(name: str, func: Any, arrays: da.Array | list[da.Array], *args: Any) -> da.Array:
+    """A one-chunk dask array whose block is ``func(blocks, *args)``.
+
+    ``blocks`` is the list of all blocks of ``arrays`` (or, for a list of arrays, a list of
+    such lists): operators derived from factors (e.g. footprints permuted to C order) are
+    built once per computation, from the factors' own (file-reading) tasks.
+    """
+    many = isinstance(arrays, list)
+    arrs = arrays if many else [arrays]
+    keys: Any = [_flat_keys(a) for a in arrs]
+    layer = {(name, 0): (func, keys if many else keys[0], *args)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=arrs)
     return da.Array(graph, name, chunks=((1,),), dtype=object, meta=np.empty((0,), object))
 
 

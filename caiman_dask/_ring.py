@@ -40,6 +40,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from .errors import OptionError, ShapeMismatchError
+
 __all__ = [
     "RingOperator",
     "decimate",
@@ -60,9 +62,9 @@ def _as_dims(dims: Any) -> tuple[int, ...]:
     """Validate ``dims`` and return it as a tuple of positive Python ints."""
     out = tuple(int(d) for d in np.asarray(dims).ravel())
     if len(out) not in (2, 3):
-        raise ValueError(f"dims must have 2 or 3 entries, got {tuple(out)!r}")
+        raise ShapeMismatchError(f"dims must have 2 or 3 entries, got {tuple(out)!r}")
     if any(d <= 0 for d in out):
-        raise ValueError(f"dims must be positive, got {out!r}")
+        raise ShapeMismatchError(f"dims must be positive, got {out!r}")
     return out
 
 
@@ -83,7 +85,7 @@ def downsampled_dims(dims: tuple[int, ...], ssub: int) -> tuple[int, ...]:
     """
     ssub = int(ssub)
     if ssub < 1:
-        raise ValueError(f"ssub must be >= 1, got {ssub}")
+        raise ShapeMismatchError(f"ssub must be >= 1, got {ssub}")
     return tuple((int(d) - 1) // ssub + 1 for d in dims)
 
 
@@ -121,7 +123,7 @@ def infer_ssub_B(W_shape: tuple[int, ...], dims: tuple[int, ...]) -> int:
     shape = tuple(int(s) for s in W_shape)
     P = math.prod(dims)
     if len(shape) != 2 or shape[0] != shape[1] or shape[0] <= 0:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"W must be a non-empty square (P_ds, P_ds) matrix; got shape {shape} "
             f"for dims {dims} (P = {P})"
         )
@@ -140,11 +142,11 @@ def infer_ssub_B(W_shape: tuple[int, ...], dims: tuple[int, ...]) -> int:
         options.setdefault(math.prod(downsampled_dims(dims, s)), s)
     listing = ", ".join(f"ssub_B={s}: ({n}, {n})" for n, s in options.items())
     if fitting:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"W shape {shape} is ambiguous for dims {dims}: block sizes {fitting} "
             f"all give P_ds = {P_ds}, and the rounded estimate {candidate} does not"
         )
-    raise ValueError(
+    raise ShapeMismatchError(
         f"W shape {shape} fits no integer ssub_B for dims {dims} (P = {P}); "
         f"W shapes that would fit: {listing}"
     )
@@ -233,11 +235,11 @@ def decimate(frames: npt.ArrayLike, ssub: int, dims: tuple[int, ...]) -> np.ndar
     x = np.asarray(frames)
     nd = len(dims)
     if x.ndim < nd or x.shape[x.ndim - nd :] != dims:
-        raise ValueError(f"frames shape {x.shape} does not end with dims {dims}")
+        raise ShapeMismatchError(f"frames shape {x.shape} does not end with dims {dims}")
     dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.dtype(np.float64)
     ssub = int(ssub)
     if ssub < 1:
-        raise ValueError(f"ssub must be >= 1, got {ssub}")
+        raise ShapeMismatchError(f"ssub must be >= 1, got {ssub}")
     if ssub == 1:
         return np.array(x, dtype=dtype, order="C", copy=True)
     sums = _block_sums(x, ssub, nd, dtype)
@@ -270,7 +272,7 @@ def upsample(frames_ds: npt.ArrayLike, ssub: int, dims: tuple[int, ...]) -> np.n
     dims_ds = downsampled_dims(dims, ssub)
     nd = len(dims)
     if z.ndim < nd or z.shape[z.ndim - nd :] != dims_ds:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"frames_ds shape {z.shape} does not end with the downsampled dims "
             f"{dims_ds} (dims {dims}, ssub {ssub})"
         )
@@ -382,14 +384,14 @@ def prepare_ring(
     dims = _as_dims(dims)
     dt = np.dtype(dtype)
     if not np.issubdtype(dt, np.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dt}")
+        raise OptionError(f"dtype must be a floating dtype, got {dt}")
     ssub = infer_ssub_B(tuple(W.shape), dims)
     dims_ds = downsampled_dims(dims, ssub)
     P = math.prod(dims)
 
     b0_arr = np.asarray(b0)
     if b0_arr.size != P:
-        raise ValueError(f"b0 has {b0_arr.size} entries, expected P = {P} for dims {dims}")
+        raise ShapeMismatchError(f"b0 has {b0_arr.size} entries, expected P = {P} for dims {dims}")
     b0_img = np.ascontiguousarray(b0_arr.reshape(-1).reshape(dims, order="F"), dtype=dt)
 
     # permute W to C order of the downsampled grid: W_C[c1, c2] = W_F[perm[c1], perm[c2]]
@@ -458,9 +460,11 @@ def ring_frames(op: RingOperator, Y_frames: npt.ArrayLike, AC_frames: npt.ArrayL
     dims = op.dims
     nd = len(dims)
     if Y.ndim != nd + 1 or Y.shape[1:] != dims:
-        raise ValueError(f"Y_frames must have shape (n, *{dims}), got {Y.shape}")
+        raise ShapeMismatchError(f"Y_frames must have shape (n, *{dims}), got {Y.shape}")
     if AC.shape != Y.shape:
-        raise ValueError(f"AC_frames shape {AC.shape} differs from Y_frames shape {Y.shape}")
+        raise ShapeMismatchError(
+            f"AC_frames shape {AC.shape} differs from Y_frames shape {Y.shape}"
+        )
     n = Y.shape[0]
     dt = op.dtype
     ssub = op.ssub_B
