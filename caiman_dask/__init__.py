@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ._io import MovieSource, open_movie, parse_memmap_name
 from ._model import CNMFModel, from_arrays, open_cnmf
-from ._movies import RCB, RCM, Movie, Residuals, rcb, rcm, residuals
+from ._movies import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
+from ._projections import KINDS, project
 from ._synthetic import synthetic, write_cnmf_hdf5
 from .errors import (
     CaimanDaskError,
@@ -20,6 +21,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "KINDS",
     "RCB",
     "RCM",
     "CNMFModel",
@@ -32,6 +34,7 @@ __all__ = [
     "MovieSource",
     "NaNWarning",
     "OptionError",
+    "Raw",
     "Residuals",
     "ShapeMismatchError",
     "__version__",
@@ -39,6 +42,8 @@ __all__ = [
     "open_cnmf",
     "open_movie",
     "parse_memmap_name",
+    "project",
+    "raw",
     "rcb",
     "rcm",
     "residuals",

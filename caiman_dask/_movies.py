@@ -30,7 +30,7 @@ from ._kernels import c_to_f_permutation, frames
 from ._model import TRACE_NAMES, CNMFModel, Components
 from .errors import ComponentError, EmptyComponentsWarning, OptionError, ShapeMismatchError
 
-__all__ = ["RCB", "RCM", "Movie", "Residuals", "rcb", "rcm", "residuals"]
+__all__ = ["RCB", "RCM", "Movie", "Raw", "Residuals", "raw", "rcb", "rcm", "residuals"]
 
 #: Frames computed per inner step of a large slice (bounds temporaries, keeps cache-friendly).
 _FRAME_BLOCK = 32
@@ -342,13 +342,18 @@ class RCM(Movie):
         self.traces_name = traces_name
 
     @cached_property
-    def _Ct(self) -> np.ndarray:
-        """Selected traces, ``(T, K_sel)`` C-contiguous in the compute dtype (in memory)."""
+    def traces_selected(self) -> np.ndarray:
+        """The selected traces ``(K_sel, T)`` in their stored dtype (in memory)."""
         if self.traces_name == "C":
             C = self.model._host.C
         else:
             C = np.asarray(self.traces.compute(scheduler="sync"))
-        return np.ascontiguousarray(C[self.idx].T, dtype=self._dtype)
+        return C[self.idx]
+
+    @cached_property
+    def _Ct(self) -> np.ndarray:
+        """Selected traces, ``(T, K_sel)`` C-contiguous in the compute dtype."""
+        return np.ascontiguousarray(self.traces_selected.T, dtype=self._dtype)
 
     def _footprints(self, crop: _Cropped) -> scipy.sparse.csc_matrix:
         def build() -> scipy.sparse.csc_matrix:
@@ -507,6 +512,32 @@ class Residuals(Movie):
             )
             args += [(opB, "w"), (m.f.rechunk({0: -1, 1: tc}), "nt")]
         return _blockwise_frames(f"residuals-{tok}", _residual_block, m.dims, self._dtype, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The raw movie
+# ---------------------------------------------------------------------------------------------
+
+
+class Raw(Movie):
+    """The movie ``Y`` itself, with the same interface as the reconstructions (see :func:`raw`)."""
+
+    kind = "raw"
+
+    def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
+        src = self.model.movie_source
+        assert src is not None
+        contiguous = len(times) > 1 and bool(np.all(np.diff(times) == 1))
+        tk: Any = slice(int(times[0]), int(times[-1]) + 1) if contiguous else times
+        y = src.read((tk, *crop.sel))
+        out.reshape(y.shape)[...] = y
+
+    def _build_dask(self) -> da.Array:
+        y = self.model.Y
+        assert y is not None
+        tc = self.time_chunks
+        y = y if tuple(y.chunks[0]) == tc else y.rechunk({0: tc})
+        return y if y.dtype == self._dtype else y.astype(self._dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,6 +718,25 @@ def rcb(model: CNMFModel, *, dtype: Any = None, frame_chunk: int | None = None) 
         "this model has no background: neither b and f (low rank) nor W and b0 (CNMF-E ring). "
         "Build it with cd.from_arrays(..., b=..., f=...)."
     )
+
+
+def raw(model: CNMFModel, *, dtype: Any = None, frame_chunk: int | None = None) -> Raw:
+    """The movie ``Y`` as a lazy movie (same indexing, ``.data``, projections as the others).
+
+    ``dtype`` defaults to the movie's own floating dtype (float32 for CaImAn memmaps).
+
+    Raises
+    ------
+    ComponentError
+        The model has no movie ``Y``.
+    """
+    if model.Y is None:
+        raise ComponentError(
+            "this model has no movie Y: pass movie='...mmap' to cd.open_cnmf (or Y= to "
+            "cd.from_arrays)."
+        )
+    dt = np.dtype(dtype) if dtype is not None else _default_dtype(model.Y)
+    return Raw(model, dtype=dt, frame_chunk=frame_chunk)
 
 
 def residuals(model: CNMFModel, *, dtype: Any = None, frame_chunk: int | None = None) -> Movie:

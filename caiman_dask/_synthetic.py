@@ -118,6 +118,8 @@ def synthetic(
     good_fraction: float = 0.8,
     fr: float = 30.0,
     dtype: Any = np.float64,
+    ring_ssub: int | None = None,
+    ring_radius: float = 9.0,
     path: str | os.PathLike[str] | None = None,
     frame_chunk: int | None = None,
 ) -> CNMFModel:
@@ -140,6 +142,14 @@ def synthetic(
         Seed of ``numpy.random.default_rng``; the result is a pure function of the arguments.
     dtype
         dtype of the factors (the movie is always float32, like CaImAn's memmaps).
+    ring_ssub
+        If given, a CNMF-E-like result: the movie's background is still ``nb`` smooth
+        components, but the model describes it, as CNMF-E does, by a ring model: ``b0`` (the
+        background's temporal mean) and a ring weight matrix ``W`` on a grid downsampled by
+        ``ring_ssub`` (uniform weights on the pixels at distance ``ring_radius`` ± 0.5 px, in
+        CaImAn's Fortran order); ``b`` and ``f`` are then ``None``.
+    ring_radius
+        Ring radius in full-resolution pixels.
     path
         If given, a directory: write CaImAn-format files there (``synthetic.hdf5`` laid out like
         ``cnmf.save()`` and the movie as a frame-major CaImAn memmap
@@ -174,6 +184,12 @@ def synthetic(
     A = A.astype(dtype)
     C, S, b, f = (x.astype(dtype) for x in (C, S, b, f))
     noise_seed = int(rng.integers(2**31))
+    ring: dict[str, Any] = {}
+    if ring_ssub is not None:
+        ring = {
+            "W": ring_weights(dims_t, int(ring_ssub), ring_radius).astype(dtype),
+            "b0": (b @ f.mean(axis=1)).astype(dtype),
+        }
     if path is None:
         Y = np.empty((T, *dims_t), np.float32)
         for t0, t1, rows in _movie_blocks(A, C, b, f, noise, noise_seed):
@@ -184,8 +200,9 @@ def synthetic(
             A,
             C,
             dims=dims_t,
-            b=b,
-            f=f,
+            b=None if ring else b,
+            f=None if ring else f,
+            **ring,
             Y=Y,
             S=S,
             idx_components=good,
@@ -212,6 +229,8 @@ def synthetic(
             good_fraction,
             fr,
             np.dtype(dtype).str,
+            ring_ssub,
+            ring_radius,
         )
     )
     if not (stamp.exists() and stamp.read_text() == args and mmap.exists() and h5.exists()):
@@ -225,8 +244,9 @@ def synthetic(
             h5,
             A=A,
             C=C,
-            b=b,
-            f=f,
+            b=None if ring else b,
+            f=None if ring else f,
+            **ring,
             S=S,
             dims=dims_t,
             idx_components=good,
@@ -259,6 +279,35 @@ def _movie_blocks(
         Yr = Acsr @ C[:, t0:t1].astype(np.float64) + b.astype(np.float64) @ f[:, t0:t1]
         Yr += rng.normal(scale=noise, size=Yr.shape)
         yield t0, t1, np.ascontiguousarray(Yr.T, dtype=np.float32)
+
+
+def ring_weights(dims: Sequence[int], ssub: int, radius: float) -> scipy.sparse.csr_matrix:
+    """A CNMF-E-like ring weight matrix on the grid ``ceil(dims / ssub)``, Fortran order.
+
+    Row ``q`` holds equal weights (summing to 1) on the grid pixels whose distance from ``q``
+    is within 0.5 of ``radius / ssub`` (at least 1), like CaImAn's ring of ``ring_size_factor
+    * gSiz`` pixels.
+    """
+    dds = tuple(-(-int(d) // ssub) for d in dims)
+    r = max(1.0, radius / ssub)
+    span = math.ceil(r + 0.5)
+    grids = np.meshgrid(*[np.arange(-span, span + 1)] * len(dds), indexing="ij")
+    dist = np.sqrt(sum(g.astype(float) ** 2 for g in grids))
+    ring = (dist >= r - 0.5) & (dist < r + 0.5)
+    offsets = np.stack([g[ring] for g in grids], axis=1)
+    coords = np.stack(np.unravel_index(np.arange(math.prod(dds)), dds, order="F"), axis=1)
+    rows, cols = [], []
+    for off in offsets:
+        nb = coords + off
+        ok = np.all((nb >= 0) & (nb < np.asarray(dds)), axis=1)
+        rows.append(np.flatnonzero(ok))
+        cols.append(np.ravel_multi_index(tuple(nb[ok].T), dds, order="F"))
+    row = np.concatenate(rows)
+    col = np.concatenate(cols)
+    counts = np.bincount(row, minlength=math.prod(dds)).astype(float)
+    W = scipy.sparse.csr_matrix((1.0 / counts[row], (row, col)), shape=(len(counts),) * 2)
+    W.sort_indices()
+    return W
 
 
 def write_cnmf_hdf5(

@@ -61,3 +61,17 @@ def test_bad_arguments():
         cd.synthetic(dims=(5,), T=3, K=1)
     with pytest.raises(cd.OptionError, match="T >= 1"):
         cd.synthetic(dims=(5, 5), T=0, K=1)
+
+
+@pytest.mark.parametrize("dims", [(30, 25), (12, 10, 6)])
+def test_ring_synthetic(tmp_path, dims):
+    mem = cd.synthetic(dims=dims, T=40, K=6, seed=5, ring_ssub=2, ring_radius=4)
+    assert mem.background == "ring" and mem.b is None
+    W = mem.W.compute().todense()
+    np.testing.assert_allclose(np.asarray(W).sum(axis=1), 1.0, rtol=1e-12)
+    disk = cd.synthetic(dims=dims, T=40, K=6, seed=5, ring_ssub=2, ring_radius=4, path=tmp_path)
+    assert disk.background == "ring"
+    for fn in (cd.rcb, cd.residuals):
+        assert_close_scaled(fn(disk).data.compute(), fn(mem)[...], rtol=1e-12)
+    # a smooth background: the ring model explains it up to the noise (sd 6)
+    assert 4.0 < cd.project(cd.residuals(mem), "std").mean() < 9.0
