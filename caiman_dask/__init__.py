@@ -6,6 +6,7 @@ from ._io import MovieSource, open_movie, parse_memmap_name
 from ._model import CNMFModel, from_arrays, open_cnmf
 from ._movies import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
 from ._projections import KINDS, project
+from ._store import StoreError, describe_store, open_zarr, store_info, to_zarr
 from ._synthetic import synthetic, write_cnmf_hdf5
 from .errors import (
     CaimanDaskError,
@@ -37,16 +38,21 @@ __all__ = [
     "Raw",
     "Residuals",
     "ShapeMismatchError",
+    "StoreError",
     "__version__",
+    "describe_store",
     "from_arrays",
     "open_cnmf",
     "open_movie",
+    "open_zarr",
     "parse_memmap_name",
     "project",
     "raw",
     "rcb",
     "rcm",
     "residuals",
+    "store_info",
     "synthetic",
+    "to_zarr",
     "write_cnmf_hdf5",
 ]

@@ -73,6 +73,14 @@ def _demo(args: argparse.Namespace) -> int:
     if err > 1e-9 * max(1.0, float(np.abs(ref).max())):
         print("  ERROR: lazy frame disagrees with the dense reference", file=sys.stderr)
         return EXIT_FAIL
+    store = out / "demo.zarr"
+    t0 = time.perf_counter()
+    cd.to_zarr(model, store, components="good", overwrite=True, progress=False)
+    print(
+        f"  exported movies, exact projections and factors to {store} "
+        f"({time.perf_counter() - t0:.1f} s):"
+    )
+    print("    " + cd.describe_store(store).replace("\n", "\n    "))
     print("  done.")
     return EXIT_OK
 
@@ -84,6 +92,9 @@ def _info(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"caiman-dask info: {path} does not exist", file=sys.stderr)
         return EXIT_USAGE
+    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists()):
+        print(cd.describe_store(path))
+        return EXIT_OK
     if path.suffix.lower() in (".hdf5", ".h5") and _is_cnmf(path):
         model = cd.open_cnmf(path, movie=args.movie)
         print(model)
@@ -134,10 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--movie", default=None, help="the movie CNMF was fitted on")
     i.set_defaults(func=_info)
-    e = sub.add_parser("export", help="export movies and factors to zarr")
-    e.add_argument("cnmf")
-    e.add_argument("--movie", default=None)
-    e.add_argument("-o", "--output", required=True)
+    e = sub.add_parser("export", help="export movies, projections and factors to zarr")
+    e.add_argument("cnmf", help="a CaImAn cnmf.save() .hdf5 file")
+    e.add_argument("--movie", default=None, help="the movie CNMF fitted (default: recorded path)")
+    e.add_argument("-o", "--output", required=True, help="the .zarr store to write")
+    e.add_argument("--components", default="all", help="all, good, bad or indices 0,3,7")
+    e.add_argument("--movies", default=None, help="comma-separated: rcm,rcb,residuals")
+    e.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "none"])
+    e.add_argument("--zarr-format", type=int, default=3, choices=[2, 3])
+    e.add_argument("--chunk-frames", type=int, default=None)
+    e.add_argument("--shard-frames", type=int, default=None)
+    e.add_argument("--dtype", default=None, choices=[None, "float32", "float64"])
+    e.add_argument("--no-projections", action="store_true")
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=_export)
     return p
 

@@ -116,26 +116,36 @@ class MemmapBackend(_Backend):
         self.shape = (self.T, *self.dims)
         self._lock = threading.Lock()
 
+    def _open_view(self) -> np.ndarray:
+        rev = self.dims[::-1]
+        nd = len(self.dims)
+        if self.order == "F":
+            raw = np.memmap(self.path, self.dtype, "r", shape=(self.T, *rev))
+            return raw.transpose(0, *range(nd, 0, -1))
+        raw = np.memmap(self.path, self.dtype, "r", shape=(*rev, self.T))
+        return raw.transpose(nd, *range(nd - 1, -1, -1))
+
     def view(self) -> np.ndarray:
-        """The whole movie as a zero-copy, read-only ``(T, *dims)`` view of the file."""
+        """The whole movie as a zero-copy, read-only ``(T, *dims)`` view of the file.
+
+        Kept open (for the interactive fast path); pages it touches stay mapped.
+        """
         h = self.__dict__.get("_h_view")
         if h is None:
             with self._lock:
                 h = self.__dict__.get("_h_view")
                 if h is None:
-                    rev = self.dims[::-1]
-                    nd = len(self.dims)
-                    if self.order == "F":
-                        raw = np.memmap(self.path, self.dtype, "r", shape=(self.T, *rev))
-                        h = raw.transpose(0, *range(nd, 0, -1))
-                    else:
-                        raw = np.memmap(self.path, self.dtype, "r", shape=(*rev, self.T))
-                        h = raw.transpose(nd, *range(nd - 1, -1, -1))
-                    self._h_view = h
+                    h = self._h_view = self._open_view()
         return h
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.array(self.view()[key])
+        """A copy of ``key`` read through a mapping that is closed again at once, so bulk
+        (dask) reads do not leave the file's pages mapped into the process."""
+        view = self._open_view()
+        try:
+            return np.array(view[key])
+        finally:
+            del view
 
 
 class TiffBackend(_Backend):

@@ -30,6 +30,7 @@ __all__ = ["KINDS", "Kind", "movie_min_max", "project"]
 Kind = Literal["mean", "std", "min", "max", "corr"]
 #: The projections :func:`project` computes.
 KINDS: tuple[str, ...] = ("mean", "std", "min", "max", "corr")
+_WHOLE = ("all",)
 #: Blocks merged per task of the tree reduction.
 _FAN_IN = 8
 
@@ -47,7 +48,7 @@ def _kinds(kind: str | Iterable[str]) -> tuple[str, ...]:
 def _window(frames: Any, T: int) -> tuple[Any, np.ndarray | slice]:
     """Validate ``frames``; return a hashable key and the index to apply along time."""
     if frames is None:
-        return ("all",), slice(None)
+        return _WHOLE, slice(None)
     if isinstance(frames, slice):
         start, stop, step = frames.start, frames.stop, frames.step
         for name, v in (("start", start), ("stop", stop)):
@@ -140,11 +141,21 @@ def _structured_project(mv: Movie, kinds: Sequence[str], sel: Any) -> dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
+def whole_movie_stats_key(corr: bool) -> tuple[Any, bool]:
+    """The key under which a movie caches the statistics of all its frames."""
+    return (_WHOLE, corr)
+
+
 def _stats_graph(mv: Movie, sel: Any, corr: bool) -> Any:
     """A delayed tree reduction of :func:`_streaming.block_stats` over the movie's blocks."""
     data = mv.data
     if not (isinstance(sel, slice) and sel == slice(None)):
         data = data[sel]
+    return _stats_graph_of(data, corr)
+
+
+def _stats_graph_of(data: Any, corr: bool) -> Any:
+    """A delayed tree reduction of :func:`_streaming.block_stats` over a dask array's blocks."""
     blocks = data.to_delayed().ravel()
     stats_of = dask.delayed(_streaming.block_stats, pure=True)
     merge = dask.delayed(_streaming.merge_many, pure=True)

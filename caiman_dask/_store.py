@@ -1,0 +1,772 @@
+"""Zarr persistence: movies as OME-Zarr images, projections, and the factors; resumable.
+
+Layout of a store written by :func:`to_zarr` (zarr v3 by default, v2 on request)::
+
+    results.zarr/                     root group; attrs["caiman_dask"] = version, complete,
+                                      source files, parameters, dims, T, K, fr
+      rcm/ rcb/ residuals/            one OME-Zarr image per movie (v0.5 on zarr v3, v0.4 on
+        0                             zarr v2): array (T, y, x) or (T, z, y, x)
+      projections/<movie>/<kind>/     one OME-Zarr image per projection: array 0 (y, x)
+      factors/                        A/{data,indices,indptr} (CSC, Fortran pixel order),
+                                      C, b, f, b0, W/{...}, YrA, S, F_dff, dims,
+                                      idx_components, idx_components_bad
+      _progress/                      written-chunk markers (removed when complete)
+
+Writes are chunk- (or shard-) aligned, one dask task per chunk / shard, so memory is bounded by
+the number of threads times one write unit, independently of T. A chunk is marked written only
+after it is stored; a run killed at any moment and started again with the same arguments writes
+only what is missing and ends byte-identical to a clean run. The root attribute
+``caiman_dask.complete`` becomes true only at the very end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._model import CNMFModel
+from .errors import CaimanDaskError, OptionError
+
+__all__ = ["StoreError", "describe_store", "open_zarr", "store_info", "to_zarr"]
+
+Codec = Literal["zstd", "lz4", "none"]
+CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
+MOVIE_NAMES: tuple[str, ...] = ("rcm", "rcb", "residuals")
+LAYOUT_VERSION = 1
+#: Uncompressed bytes a zarr chunk of a movie aims for.
+CHUNK_TARGET = 16 * 2**20
+
+
+class StoreError(CaimanDaskError, ValueError):
+    """A store path is not ours, exists already, differs in parameters, or is incomplete."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _compressors(codec: str, zarr_format: int) -> Any:
+    if codec == "none":
+        return None
+    if zarr_format == 3:
+        import zarr.codecs
+
+        if codec == "zstd":
+            return (zarr.codecs.ZstdCodec(level=3),)
+        return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
+    import numcodecs
+
+    if codec == "zstd":
+        return (numcodecs.Zstd(level=3),)
+    return (numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),)
+
+
+def _axes(ndim_space: int, fr: float | None) -> tuple[list[dict[str, str]], list[float]]:
+    """OME axes ``t`` (seconds when the frame rate is known) and ``[z,] y, x`` (pixels)."""
+    time: dict[str, str] = {"name": "t", "type": "time"}
+    if fr:
+        time["unit"] = "second"
+    axes = [time] + [{"name": n, "type": "space"} for n in ["z", "y", "x"][-ndim_space:]]
+    scale = [1.0 / fr if fr else 1.0] + [1.0] * ndim_space
+    return axes, scale
+
+
+def _ome_attrs(name: str, axes: list[dict[str, str]], scale: list[float], zarr_format: int) -> dict:
+    ms = {
+        "name": name,
+        "axes": axes,
+        "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        ],
+    }
+    if zarr_format == 3:
+        return {"ome": {"version": "0.5", "multiscales": [ms]}}
+    return {"multiscales": [{"version": "0.4", **ms}]}
+
+
+def _source_files(model: CNMFModel) -> list[dict[str, Any]]:
+    out = []
+    for role, p in sorted(model.files.items()):
+        p = Path(p)
+        entry: dict[str, Any] = {"role": role, "name": p.name, "path": str(p.resolve())}
+        if p.exists():
+            st = p.stat()
+            entry.update(size=st.st_size, mtime=st.st_mtime)
+        out.append(entry)
+    return out
+
+
+def _json(x: Any) -> Any:
+    """JSON-safe version of parameters (tuples → lists, numpy scalars → Python)."""
+    return json.loads(
+        json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    )
+
+
+def _our_params(path: Path) -> dict[str, Any] | None:
+    """The export parameters recorded in a store's root, or ``None`` if it is not ours."""
+    try:
+        attrs = _root_attrs(path)
+    except StoreError:
+        return None
+    params = attrs.get("parameters")
+    return params if isinstance(params, dict) else None
+
+
+def _create_root(path: Path, zarr_format: int, attrs: dict[str, Any]) -> None:
+    """Create the store with its root metadata in one atomic step (a directory rename), so a
+    path is either absent or recognisably ours, whenever a run is killed."""
+    import zarr
+
+    for stale in path.parent.glob(f".{path.name}.creating-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
+    zarr.create_group(str(tmp), zarr_format=zarr_format, attributes=attrs)
+    os.rename(tmp, path)
+
+
+def _set_root_attrs_atomic(path: Path, zarr_format: int, attrs: dict[str, Any]) -> None:
+    """Replace the root attributes by writing a new metadata file and renaming it over."""
+    name = "zarr.json" if zarr_format == 3 else ".zattrs"
+    meta_path = path / name
+    if zarr_format == 3:
+        meta = json.loads(meta_path.read_text())
+        meta["attributes"] = attrs
+    else:
+        meta = attrs
+    tmp = path / f".{name}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the export
+# ---------------------------------------------------------------------------------------------
+
+
+def to_zarr(
+    model: CNMFModel,
+    path: str | os.PathLike[str],
+    *,
+    movies: Sequence[str] | None = None,
+    components: Any = "all",
+    traces: str = "C",
+    projections: Sequence[str] | None = ("mean", "std", "min", "max", "corr"),
+    factors: bool = True,
+    codec: Codec = "zstd",
+    zarr_format: Literal[2, 3] = 3,
+    chunk_frames: int | None = None,
+    shard_frames: int | None = None,
+    dtype: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Export movies, projections and factors to a zarr store, streamed and resumable.
+
+    Parameters
+    ----------
+    model
+        A :class:`~caiman_dask.CNMFModel`.
+    path
+        The store directory (``*.zarr``).
+    movies
+        Which of ``"rcm"``, ``"rcb"``, ``"residuals"`` to write (default: those the model
+        has — ``rcb`` needs a background, ``residuals`` the movie ``Y``).
+    components, traces
+        The RCM's component selection and trace matrix (see :func:`caiman_dask.rcm`).
+    projections
+        Projection kinds to store for each written movie (``None`` or ``()`` for none).
+    factors
+        Store the factors under ``factors/`` so any language can rebuild the model.
+    codec
+        ``"zstd"`` (default), ``"lz4"`` (Blosc-LZ4) or ``"none"``.
+    zarr_format
+        3 (default; OME-Zarr 0.5 metadata, ``dimension_names``) or 2 (OME-Zarr 0.4).
+    chunk_frames
+        Frames per zarr chunk (default: about 16 MiB per chunk).
+    shard_frames
+        Frames per shard (zarr v3 only; a multiple of ``chunk_frames``). Each dask task writes
+        one whole shard, so writes are always shard-aligned.
+    dtype
+        Stored dtype of the movies (default: the movies' dtype).
+    overwrite
+        Replace an existing store written by caiman_dask. A directory that was not written
+        by caiman_dask is never replaced.
+    progress
+        Show dask's progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        The store path.
+
+    Raises
+    ------
+    StoreError
+        The path exists and is not a caiman_dask store, or is one with other parameters and
+        ``overwrite`` is false.
+    OptionError
+        Bad option values.
+
+    Notes
+    -----
+    Re-running an interrupted export with the same arguments resumes it: only missing chunks
+    are computed, and the result is byte-identical to an uninterrupted run. Re-running a
+    complete export with the same arguments does nothing.
+    """
+
+    path = Path(path)
+    if codec not in CODECS:
+        raise OptionError(f"codec={codec!r} is not one of {list(CODECS)}")
+    if zarr_format not in (2, 3):
+        raise OptionError(f"zarr_format={zarr_format!r} is not one of [2, 3]")
+    if shard_frames is not None and zarr_format != 3:
+        raise OptionError("shard_frames needs zarr_format=3 (zarr v2 has no shards)")
+    available = [n for n in MOVIE_NAMES if _available(model, n)]
+    if movies is None:
+        names = available
+    else:
+        names = list(movies)
+        for n in names:
+            if n not in MOVIE_NAMES:
+                raise OptionError(f"movie {n!r} is not one of {list(MOVIE_NAMES)}")
+            if n not in available:
+                raise OptionError(
+                    f"movie {n!r} is not available for this model: "
+                    + ("it has no background" if n == "rcb" else "it has no movie Y")
+                )
+    kinds = tuple(projections or ())
+    from ._projections import KINDS, project
+
+    for k in kinds:
+        if k not in KINDS:
+            raise OptionError(f"projection kind {k!r} is not one of {list(KINDS)}")
+    built = {n: _build_movie(model, n, components, traces, dtype) for n in names}
+    dims = model.dims
+    frame_bytes = math.prod(dims) * max((mv.dtype.itemsize for mv in built.values()), default=8)
+    cf = chunk_frames or max(1, min(model.T, CHUNK_TARGET // frame_bytes))
+    if shard_frames is not None and (shard_frames < cf or shard_frames % cf):
+        raise OptionError(
+            f"shard_frames={shard_frames} must be a positive multiple of chunk_frames={cf}"
+        )
+    unit = shard_frames or cf
+    params = _json(
+        {
+            "layout": LAYOUT_VERSION,
+            "model": model.token,
+            "movies": names,
+            "components": components
+            if isinstance(components, str)
+            else np.asarray(model.components(components)).tolist(),
+            "traces": traces,
+            "projections": list(kinds),
+            "factors": factors,
+            "codec": codec,
+            "zarr_format": zarr_format,
+            "chunk_frames": cf,
+            "shard_frames": shard_frames,
+            "dtypes": {
+                n: str(mv.dtype if dtype is None else np.dtype(dtype)) for n, mv in built.items()
+            },
+        }
+    )
+    if path.exists():
+        old = _our_params(path)
+        if old is None:
+            raise StoreError(
+                f"{path} exists and was not written by caiman_dask; refusing to touch it. "
+                "Choose another path or remove it yourself."
+            )
+        same = old == params
+        if overwrite:
+            shutil.rmtree(path)
+        elif not same:
+            raise StoreError(
+                f"{path} holds a caiman_dask export with other parameters; pass "
+                "overwrite=True to replace it, or choose another path."
+            )
+        elif _root_attrs(path).get("complete"):
+            return path  # the same export, already complete: nothing to do
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_root(path, zarr_format, _root_meta(model, params, complete=False))
+    prog = _open_or_create_group(path / "_progress", zarr_format, {})
+    comp = _compressors(codec, zarr_format)
+
+    # factors: small; written first and marked when done
+    if factors:
+        _step(prog, "factors", zarr_format, lambda: _write_factors(model, path, zarr_format, comp))
+
+    # movies: one dask task per chunk / shard, each marked when written. A streaming movie
+    # (residuals, ring background) whose projections are pending on a fresh run accumulates
+    # their statistics from the very blocks it writes: one pass over Y for both.
+    from ._projections import _is_structured, _stats_graph_of, whole_movie_stats_key
+
+    sources, targets, regions = [], [], []
+    fused: list[tuple[Any, Any]] = []
+    for n, mv in built.items():
+        store_dtype = mv.dtype if dtype is None else np.dtype(dtype)
+        arr = _movie_array(
+            path / n, mv.shape, store_dtype, cf, shard_frames, comp, zarr_format, model, n
+        )
+        nunits = -(-model.T // unit)
+        marks = _marker_array(prog, n, nunits, zarr_format)
+        done = _done_units(marks)
+        units = _as_write_units(mv, unit, store_dtype, model.T)
+        if (
+            kinds
+            and not _is_structured(mv)
+            and not done.any()
+            and not _step_done(prog, f"projections-{n}", zarr_format)
+        ):
+            fused.append(
+                (mv, _stats_graph_of(_as_write_units(mv, unit, mv.dtype, model.T), "corr" in kinds))
+            )
+        for i in np.flatnonzero(~done):
+            t0, t1 = int(i) * unit, min(model.T, (int(i) + 1) * unit)
+            sources.append(units.blocks[int(i)])
+            targets.append(_MarkedTarget(arr, marks, int(i)))
+            regions.append((slice(t0, t1),) + (slice(None),) * len(dims))
+    if sources:
+        stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
+        stats = _run([stored, *(g for _, g in fused)], progress)[1:]
+        for (mv, _), st in zip(fused, stats, strict=True):
+            cache = mv.__dict__.setdefault("_stats_cache", {})
+            cache[whole_movie_stats_key("corr" in kinds)] = st
+
+    # projections: from the structure (RCM, RCB) or from the statistics cached above
+    if kinds:
+        _open_or_create_group(path / "projections", zarr_format, {})
+    for n, mv in built.items():
+        if not kinds:
+            continue
+
+        def write_proj(n: str = n, mv: Any = mv) -> None:
+            _open_or_create_group(path / "projections" / n, zarr_format, {})
+            cache = mv.__dict__.setdefault("_stats_cache", {})
+            key = whole_movie_stats_key("corr" in kinds)
+            if not _is_structured(mv) and key not in cache:
+                # a resumed run: one pass over the same write units as a fresh run, so the
+                # merge order, and so every stored byte, is the same
+                units = _as_write_units(mv, unit, mv.dtype, model.T)
+                cache[key] = _run([_stats_graph_of(units, "corr" in kinds)], progress)[0]
+            imgs = project(mv, list(kinds), progress=progress)
+            for k in kinds:
+                _write_image(
+                    path / "projections" / n / k, imgs[k], f"{n} {k}", model, zarr_format, comp
+                )
+
+        _step(prog, f"projections-{n}", zarr_format, write_proj)
+
+    # complete: drop progress markers, then flip the flag (last write)
+    shutil.rmtree(path / "_progress", ignore_errors=True)
+    _set_root_attrs_atomic(path, zarr_format, _root_meta(model, params, complete=True))
+    return path
+
+
+def _available(model: CNMFModel, name: str) -> bool:
+    if name == "rcm":
+        return True
+    if name == "rcb":
+        return model.background != "none" and (model.background == "lowrank" or model.Y is not None)
+    return model.Y is not None
+
+
+def _build_movie(model: CNMFModel, name: str, components: Any, traces: str, dtype: Any) -> Any:
+    from ._movies import rcb, rcm, residuals
+
+    if name == "rcm":
+        return rcm(model, components, traces=traces)
+    if name == "rcb":
+        return rcb(model)
+    return residuals(model)
+
+
+def _root_meta(model: CNMFModel, params: dict[str, Any], *, complete: bool) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "caiman_dask": _json(
+            {
+                "version": __version__,
+                "layout": LAYOUT_VERSION,
+                "complete": complete,
+                "dims": list(model.dims),
+                "T": model.T,
+                "K": model.K,
+                "fr": model.fr,
+                "background": model.background,
+                "movie_pixel_order": "C (frames are arrays (T, *dims))",
+                "factor_pixel_order": "F (CaImAn: p = i + d1*j + d1*d2*k)",
+                "source_files": _source_files(model),
+                "parameters": params,
+            }
+        )
+    }
+
+
+def _root_attrs(path: Path) -> dict[str, Any]:
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError, OSError) as e:
+        raise StoreError(f"{path} is not a readable zarr group ({e})") from e
+    return dict(g.attrs.get("caiman_dask", {}))
+
+
+def _open_or_create_group(path: Path, zarr_format: int, attrs: dict[str, Any]) -> Any:
+    import zarr
+
+    meta = path / ("zarr.json" if zarr_format == 3 else ".zgroup")
+    if meta.exists():
+        try:
+            return zarr.open_group(str(path), mode="r+", zarr_format=zarr_format)
+        except (ValueError, KeyError, OSError, json.JSONDecodeError):
+            meta.unlink()  # metadata cut short by a kill: rewrite it (keep everything else)
+    return zarr.create_group(str(path), zarr_format=zarr_format, attributes=attrs)
+
+
+def _step(prog: Any, name: str, zarr_format: int, fn: Any) -> None:
+    """Run ``fn`` unless the step is marked done; mark it done afterwards."""
+    marks = _marker_array(prog, name, 1, zarr_format)
+    if _done_units(marks)[0]:
+        return
+    fn()
+    marks[0] = 1
+
+
+def _step_done(prog: Any, name: str, zarr_format: int) -> bool:
+    return bool(_done_units(_marker_array(prog, name, 1, zarr_format))[0])
+
+
+def _marker_array(prog: Any, name: str, n: int, zarr_format: int) -> Any:
+    import zarr
+
+    try:
+        arr = prog[name]
+        if isinstance(arr, zarr.Array) and arr.shape == (n,):
+            return arr
+    except (KeyError, ValueError, OSError, json.JSONDecodeError):
+        pass
+    return prog.create_array(
+        name, shape=(n,), chunks=(1,), dtype="uint8", fill_value=0, compressors=None, overwrite=True
+    )
+
+
+def _done_units(marks: Any) -> np.ndarray:
+    out = np.zeros(marks.shape[0], bool)
+    for i in range(marks.shape[0]):
+        try:
+            out[i] = bool(marks[i])
+        except (ValueError, OSError, RuntimeError):
+            out[i] = False  # a marker cut short by a kill: not done
+    return out
+
+
+class _MarkedTarget:
+    """A ``da.store`` target: writes one unit into the array, then marks it written."""
+
+    def __init__(self, arr: Any, marks: Any, unit: int) -> None:
+        self.arr = arr
+        self.marks = marks
+        self.unit = unit
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        self.arr[key] = value
+        self.marks[self.unit] = 1
+
+
+def _as_write_units(mv: Any, unit: int, dtype: np.dtype, T: int) -> da.Array:
+    d = mv.data
+    chunks = tuple([unit] * (T // unit) + ([T % unit] if T % unit else []))
+    if tuple(d.chunks[0]) != chunks:
+        d = d.rechunk({0: chunks})
+    return d if d.dtype == dtype else d.astype(dtype)
+
+
+def _movie_array(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunk_frames: int,
+    shard_frames: int | None,
+    comp: Any,
+    zarr_format: int,
+    model: CNMFModel,
+    name: str,
+) -> Any:
+    import zarr
+
+    axes, scale = _axes(len(shape) - 1, model.fr)
+    grp = _open_or_create_group(path, zarr_format, _ome_attrs(name, axes, scale, zarr_format))
+    chunks = (chunk_frames, *shape[1:])
+    try:
+        arr = grp["0"]
+        if (
+            isinstance(arr, zarr.Array)
+            and arr.shape == shape
+            and arr.dtype == dtype
+            and tuple(arr.chunks) == chunks
+        ):
+            return arr
+    except (KeyError, ValueError, OSError, json.JSONDecodeError):
+        pass
+    kw: dict[str, Any] = {}
+    if zarr_format == 3:
+        kw["dimension_names"] = [a["name"] for a in axes]
+        if shard_frames:
+            kw["shards"] = (shard_frames, *shape[1:])
+    return grp.create_array(
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=comp,
+        fill_value=0,
+        overwrite=True,
+        **kw,
+    )
+
+
+def _write_image(
+    path: Path, img: np.ndarray, name: str, model: CNMFModel, zarr_format: int, comp: Any
+) -> None:
+    axes, scale = _axes(img.ndim, model.fr)
+    axes, scale = axes[1:], scale[1:]
+    grp = _open_or_create_group(path, zarr_format, _ome_attrs(name, axes, scale, zarr_format))
+    kw: dict[str, Any] = {}
+    if zarr_format == 3:
+        kw["dimension_names"] = [a["name"] for a in axes]
+    arr = grp.create_array(
+        "0",
+        shape=img.shape,
+        chunks=img.shape,
+        dtype=img.dtype,
+        compressors=comp,
+        fill_value=np.nan,
+        overwrite=True,
+        **kw,
+    )
+    arr[...] = img
+
+
+def _write_factors(model: CNMFModel, path: Path, zarr_format: int, comp: Any) -> None:
+    from ._model import _sparse_compute
+
+    grp = _open_or_create_group(
+        path / "factors",
+        zarr_format,
+        {
+            "caiman_dask": {
+                "pixel_order": "F",
+                "dims": list(model.dims),
+                "description": "CNMF factors; A and W are CSC triplets",
+            }
+        },
+    )
+
+    def dense(name: str, x: Any) -> None:
+        if x is None:
+            return
+        arr = np.asarray(x.compute() if isinstance(x, da.Array) else x)
+        chunks = arr.shape if arr.ndim < 2 else (arr.shape[0], max(1, min(arr.shape[1], 4096)))
+        a = grp.create_array(
+            name,
+            shape=arr.shape,
+            chunks=tuple(max(1, c) for c in chunks),
+            dtype=arr.dtype,
+            compressors=comp,
+            overwrite=True,
+            fill_value=0,
+        )
+        a[...] = arr
+
+    def csc(name: str, x: Any) -> None:
+        if x is None:
+            return
+        m = _sparse_compute(x)
+        g = _open_or_create_group(
+            path / "factors" / name,
+            zarr_format,
+            {
+                "format": "csc",
+                "shape": list(m.shape),
+                "pixel_order": "F" if name == "A" else "F (downsampled grid)",
+            },
+        )
+        for part, arr in (
+            ("data", m.data),
+            ("indices", m.indices.astype(np.int32)),
+            ("indptr", m.indptr.astype(np.int64)),
+        ):
+            a = g.create_array(
+                part,
+                shape=arr.shape,
+                chunks=(max(1, min(arr.size, 2**20)),),
+                dtype=arr.dtype,
+                compressors=comp,
+                overwrite=True,
+                fill_value=0,
+            )
+            a[...] = arr
+
+    csc("A", model.A)
+    csc("W", model.W)
+    for name in ("C", "b", "f", "b0", "YrA", "S", "F_dff"):
+        dense(name, getattr(model, name))
+    for name in ("idx_components", "idx_components_bad"):
+        dense(name, getattr(model, name))
+    dense("dims", np.asarray(model.dims, dtype=np.int64))
+
+
+def _run(graphs: list[Any], progress: bool) -> list[Any]:
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(dask.compute(*graphs))
+    return list(dask.compute(*graphs))
+
+
+# ---------------------------------------------------------------------------------------------
+# reading back
+# ---------------------------------------------------------------------------------------------
+
+
+def describe_store(path: str | os.PathLike[str]) -> str:
+    """A human-readable listing of a store: every group and array with shape, dtype, chunks."""
+    import zarr
+
+    path = Path(path)
+    info = store_info(path)
+    root = zarr.open_group(str(path), mode="r")
+    lines = [
+        f"{path}  (caiman_dask {info.get('version')}, "
+        f"{'complete' if info.get('complete') else 'INCOMPLETE'}; dims={info.get('dims')}, "
+        f"T={info.get('T')}, K={info.get('K')})"
+    ]
+
+    def walk(g: Any, prefix: str) -> None:
+        for name in sorted(g.keys()):
+            node = g[name]
+            full = f"{prefix}{name}"
+            if isinstance(node, zarr.Array):
+                shards = getattr(node, "shards", None)
+                extra = f" shards={shards}" if shards else ""
+                lines.append(
+                    f"  {full:<34} {node.shape!s:<20} {node.dtype!s:<8} "
+                    f"chunks={node.chunks}{extra}"
+                )
+            else:
+                kind = (
+                    "OME-Zarr image"
+                    if ("ome" in node.attrs or "multiscales" in node.attrs)
+                    else "group"
+                )
+                lines.append(f"  {full + '/':<34} {kind}")
+                walk(node, full + "/")
+
+    walk(root, "")
+    return "\n".join(lines)
+
+
+def store_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``caiman_dask`` root attributes of a store (raises if it is not ours)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"store {str(path)!r} does not exist")
+    attrs = _root_attrs(path)
+    if not attrs:
+        raise StoreError(f"{path} is a zarr store but not one written by caiman_dask")
+    return attrs
+
+
+def open_zarr(
+    path: str | os.PathLike[str], *, movie: Any = None, allow_incomplete: bool = False
+) -> CNMFModel:
+    """Open a store written by :func:`to_zarr` as a model.
+
+    Dense factors (``C``, ``b``, ``f``, ...) are read lazily, per chunk, from the store; the
+    sparse ``A`` and ``W`` (small) are loaded. The stored movies themselves open with
+    ``cd.open_movie(path, key="rcm/0")``.
+
+    Parameters
+    ----------
+    path
+        The store.
+    movie
+        The movie ``Y`` (default: the source movie recorded in the store, if it still exists).
+    allow_incomplete
+        Open an interrupted export anyway (its movies have unwritten chunks).
+
+    Raises
+    ------
+    StoreError
+        Not a caiman_dask store, incomplete (re-run the same export to finish it), or without
+        factors.
+    """
+    import zarr
+
+    from ._model import from_arrays
+
+    path = Path(path)
+    info = store_info(path)
+    if not info.get("complete") and not allow_incomplete:
+        raise StoreError(
+            f"{path} is an incomplete caiman_dask export (interrupted?): run the same "
+            "to_zarr / caiman-dask export again to finish it, or pass allow_incomplete=True."
+        )
+    root = zarr.open_group(str(path), mode="r")
+    if "factors" not in root:
+        raise StoreError(f"{path} has no factors/ group (exported with factors=False)")
+    fg = root["factors"]
+
+    def dense(name: str) -> Any:
+        return da.from_zarr(fg[name]) if name in fg else None
+
+    def csc(name: str) -> Any:
+        if name not in fg:
+            return None
+        import scipy.sparse
+
+        g = fg[name]
+        shape = tuple(g.attrs["shape"])
+        return scipy.sparse.csc_matrix(
+            (g["data"][...], g["indices"][...], g["indptr"][...]), shape=shape
+        )
+
+    if movie is None:
+        for f in info.get("source_files", []):
+            if f.get("role") == "movie" and Path(f["path"]).exists():
+                movie = f["path"]
+    dims = tuple(int(d) for d in np.asarray(fg["dims"][...]))
+    idx = {
+        n: (np.asarray(fg[n][...]) if n in fg else None)
+        for n in ("idx_components", "idx_components_bad")
+    }
+    return from_arrays(
+        csc("A"),
+        dense("C"),
+        dims=dims,
+        b=dense("b"),
+        f=dense("f"),
+        W=csc("W"),
+        b0=dense("b0"),
+        YrA=dense("YrA"),
+        S=dense("S"),
+        F_dff=dense("F_dff"),
+        Y=movie,
+        fr=info.get("fr"),
+        **idx,
+    )
