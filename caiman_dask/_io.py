@@ -15,6 +15,7 @@ import contextlib
 import math
 import os
 import re
+import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -90,11 +91,12 @@ class _Backend:
             handle = self.__dict__.pop(name)
             close = getattr(handle, "close", None)
             if close is not None:
-                with contextlib.suppress(OSError, ValueError, RuntimeError):
+                with contextlib.suppress(OSError, ValueError, RuntimeError, TypeError):
                     close()
 
     def __del__(self) -> None:
-        self.close()
+        if not sys.is_finalizing():
+            self.close()
 
 
 class MemmapBackend(_Backend):

@@ -55,6 +55,31 @@ def _add_frame(o, indptr, indices, data, c, b, f, alpha):  # pragma: no cover - 
                 o[indices[j]] += data[j] * ck
 
 
+@numba.njit(cache=True, nogil=True)
+def _set_minus_lowrank(o, y, b, f):  # pragma: no cover - compiled
+    """``o = y - b @ f`` for one C-ordered frame ``y`` (one streaming pass)."""
+    P = o.shape[0]
+    nb = b.shape[1]
+    if nb == 0:
+        for p in range(P):
+            o[p] = y[p]
+    elif nb == 1:
+        f0 = f[0]
+        for p in range(P):
+            o[p] = y[p] - b[p, 0] * f0
+    elif nb == 2:
+        f0 = f[0]
+        f1 = f[1]
+        for p in range(P):
+            o[p] = y[p] - (b[p, 0] * f0 + b[p, 1] * f1)
+    else:
+        for p in range(P):
+            acc = 0.0
+            for r in range(nb):
+                acc += b[p, r] * f[r]
+            o[p] = y[p] - acc
+
+
 def frames(
     out: np.ndarray,
     A: scipy.sparse.csc_matrix,
@@ -94,14 +119,19 @@ def frames(
     ft = np.ascontiguousarray(ft, dtype=dt)
     Ct = np.ascontiguousarray(Ct, dtype=dt)
     data = A.data if A.data.dtype == dt else A.data.astype(dt)
-    alpha = 1.0 if Y is None else -1.0
+    alpha = dt.type(1.0 if Y is None else -1.0)
+    no_b = np.zeros((npix, 0), dt)
     for t in range(n):
         o = out[t]
         if Y is None:
             o.fill(0)
-        else:
-            o.reshape(Y.shape[1:])[...] = Y[t]
-        _add_frame(o, A.indptr, A.indices, data, Ct[t], b, ft[t], alpha)
+            _add_frame(o, A.indptr, A.indices, data, Ct[t], b, ft[t], alpha)
+            continue
+        # NumPy reorders a transposed (frame-major memmap) or strided (pixel-major memmap)
+        # frame fastest in its own dtype; then one pass subtracts the background
+        y = np.ascontiguousarray(Y[t]).reshape(-1)
+        _set_minus_lowrank(o, y, b, ft[t])
+        _add_frame(o, A.indptr, A.indices, data, Ct[t], no_b, ft[t, :0], alpha)
 
 
 def frames_reference(

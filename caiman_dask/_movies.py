@@ -468,11 +468,7 @@ class Residuals(Movie):
     def _read_y(self, times: np.ndarray, crop: _Cropped) -> np.ndarray:
         src = self.model.movie_source
         assert src is not None
-        if len(times) > 1 and np.all(np.diff(times) == 1):
-            tk: Any = slice(int(times[0]), int(times[-1]) + 1)
-        else:
-            tk = times
-        return src.read((tk, *crop.sel))
+        return src.read((_time_key(times), *crop.sel))
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
         rcb = self._rcb
@@ -527,9 +523,7 @@ class Raw(Movie):
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
         src = self.model.movie_source
         assert src is not None
-        contiguous = len(times) > 1 and bool(np.all(np.diff(times) == 1))
-        tk: Any = slice(int(times[0]), int(times[-1]) + 1) if contiguous else times
-        y = src.read((tk, *crop.sel))
+        y = src.read((_time_key(times), *crop.sel))
         out.reshape(y.shape)[...] = y
 
     def _build_dask(self) -> da.Array:
@@ -543,6 +537,16 @@ class Raw(Movie):
 # ---------------------------------------------------------------------------------------------
 # Index normalisation
 # ---------------------------------------------------------------------------------------------
+
+
+def _time_key(times: np.ndarray) -> Any:
+    """A slice for consecutive frames (zero-copy on memmaps), else the index array.
+
+    ``times`` is sorted and unique, so it is consecutive iff its span equals its length.
+    """
+    if len(times) and int(times[-1]) - int(times[0]) == len(times) - 1:
+        return slice(int(times[0]), int(times[-1]) + 1)
+    return times
 
 
 def _normalize_key(key: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:

@@ -23,6 +23,7 @@ from ._movies import (
     _op_array,
     _prepare_footprints,
     _single,
+    _time_key,
 )
 from ._ring import RingOperator, prepare_ring, ring_frames
 
@@ -94,9 +95,7 @@ class RingMovie(Movie):
         assert src is not None
         n = len(times)
         dims = self.model.dims
-        contiguous = n > 1 and bool(np.all(np.diff(times) == 1))
-        tk: Any = slice(int(times[0]), int(times[-1]) + 1) if contiguous else times
-        y = src.read((tk,))
+        y = src.read((_time_key(times),))
         full = _Cropped(None, dims, (False,) * len(dims))
         ac = np.empty((n, math.prod(dims)), self._dtype)
         self._rcm._fill(ac, times, full)

@@ -665,8 +665,7 @@ def describe_store(path: str | os.PathLike[str]) -> str:
                 shards = getattr(node, "shards", None)
                 extra = f" shards={shards}" if shards else ""
                 lines.append(
-                    f"  {full:<34} {node.shape!s:<20} {node.dtype!s:<8} "
-                    f"chunks={node.chunks}{extra}"
+                    f"  {full:<34} {node.shape!s:<20} {node.dtype!s:<8} chunks={node.chunks}{extra}"
                 )
             else:
                 kind = (
