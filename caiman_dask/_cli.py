@@ -159,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-projections", action="store_true")
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a dask.distributed scheduler, e.g. tcp://10.0.0.1:8786",
+    )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="start a LocalCluster with this many single-threaded workers",
+    )
     e.set_defaults(func=_export)
     return p
 

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse
 
 from . import _streaming, _structured
+from ._compute import compute
 from ._movies import RCB, RCM, Movie
 from .errors import OptionError
 
@@ -173,19 +174,6 @@ def _cached_stats(mv: Movie, key: Any, corr: bool) -> dict[str, Any] | None:
     return hit
 
 
-def _compute(graphs: list[Any], progress: bool | None) -> list[Any]:
-    if not graphs:
-        return []
-    if progress is None:
-        progress = False
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar(minimum=1.0):
-            return list(dask.compute(*graphs))
-    return list(dask.compute(*graphs))
-
-
 def _is_structured(mv: Movie) -> bool:
     return type(mv) in (RCM, RCB)
 
@@ -265,7 +253,7 @@ def project(
             graphs.append(_stats_graph(mv, sel, corr))
         else:
             results[i] = _streaming.finalize(stats, kinds)
-    for (i, mv, key), stats in zip(pending, _compute(graphs, progress), strict=True):
+    for (i, mv, key), stats in zip(pending, compute(graphs, bool(progress)), strict=True):
         mv.__dict__["_stats_cache"][(key, corr)] = stats
         results[i] = _streaming.finalize(stats, kinds)
     images: list[Any] = [r if not isinstance(kind, str) else r[kind] for r in results]  # type: ignore[index]

@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import dask
 import dask.array as da
 import numpy as np
 
+from ._compute import compute
 from ._model import CNMFModel
 from .errors import CaimanDaskError, OptionError
 
@@ -339,7 +339,7 @@ def to_zarr(
             regions.append((slice(t0, t1),) + (slice(None),) * len(dims))
     if sources:
         stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
-        stats = _run([stored, *(g for _, g in fused)], progress)[1:]
+        stats = compute([stored, *(g for _, g in fused)], progress)[1:]
         for (mv, _), st in zip(fused, stats, strict=True):
             cache = mv.__dict__.setdefault("_stats_cache", {})
             cache[whole_movie_stats_key("corr" in kinds)] = st
@@ -359,7 +359,7 @@ def to_zarr(
                 # a resumed run: one pass over the same write units as a fresh run, so the
                 # merge order, and so every stored byte, is the same
                 units = _as_write_units(mv, unit, mv.dtype, model.T)
-                cache[key] = _run([_stats_graph_of(units, "corr" in kinds)], progress)[0]
+                cache[key] = compute([_stats_graph_of(units, "corr" in kinds)], progress)[0]
             imgs = project(mv, list(kinds), progress=progress)
             for k in kinds:
                 _write_image(
@@ -628,15 +628,6 @@ def _write_factors(model: CNMFModel, path: Path, zarr_format: int, comp: Any) ->
     for name in ("idx_components", "idx_components_bad"):
         dense(name, getattr(model, name))
     dense("dims", np.asarray(model.dims, dtype=np.int64))
-
-
-def _run(graphs: list[Any], progress: bool) -> list[Any]:
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return list(dask.compute(*graphs))
-    return list(dask.compute(*graphs))
 
 
 # ---------------------------------------------------------------------------------------------
