@@ -13,9 +13,11 @@ A movie knows the factors it is made of, so
 from __future__ import annotations
 
 import math
+import os
 import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -34,6 +36,18 @@ __all__ = ["RCB", "RCM", "Movie", "Raw", "Residuals", "raw", "rcb", "rcm", "resi
 
 #: Frames computed per inner step of a large slice (bounds temporaries, keeps cache-friendly).
 _FRAME_BLOCK = 32
+#: Requests of at least this many output pixels are split across threads (the kernels release
+#: the GIL); smaller ones run inline, where a thread hand-off would cost more than it saves.
+_PARALLEL_PIXELS = 4_000_000
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="caiman-dask-frames")
+    return _POOL
 
 
 class _Cropped:
@@ -159,9 +173,17 @@ class Movie:
         n = len(times)
         npix = math.prod(crop.shape)
         out = np.empty((n, npix), self._dtype)
-        for s in range(0, n, _FRAME_BLOCK):
-            sl = slice(s, min(n, s + _FRAME_BLOCK))
-            self._fill(out[sl], times[sl], crop)
+        workers = os.cpu_count() or 1
+        if workers > 1 and n > 1 and n * npix >= _PARALLEL_PIXELS:
+            step = min(_FRAME_BLOCK, -(-n // workers))
+        else:
+            step, workers = _FRAME_BLOCK, 1
+        blocks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
+        if workers == 1:
+            for sl in blocks:
+                self._fill(out[sl], times[sl], crop)
+        else:
+            list(_pool().map(lambda sl: self._fill(out[sl], times[sl], crop), blocks))
         return out.reshape((n, *crop.shape))
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
