@@ -45,8 +45,9 @@ _POOL: ThreadPoolExecutor | None = None
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
-                                   thread_name_prefix="caiman-dask-frames")
+        _POOL = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="caiman-dask-frames"
+        )
     return _POOL
 
 
@@ -225,6 +226,14 @@ class Movie:
     def _build_dask(self) -> da.Array:
         raise NotImplementedError
 
+    def _y_blocks(self) -> tuple[da.Array, str]:
+        """The movie ``Y`` in this movie's time chunks, with its blockwise index."""
+        y = self.model.Y
+        assert y is not None
+        tc = self.time_chunks
+        y = y if tuple(y.chunks[0]) == tc else y.rechunk({0: tc})
+        return y, "t" + "ijl"[: len(self.model.dims)]
+
     # ------------------------------------------------------------------ min / max
     @property
     def min(self) -> float:
@@ -389,13 +398,21 @@ class RCM(Movie):
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
         frames(out, self._footprints(crop), self._Ct[times])
 
+    def footprint_op(self) -> tuple[da.Array, str]:
+        """One-block dask array: the selected footprints in C pixel order (built once)."""
+        m = self.model
+        name = f"rcm-A-{tokenize(m.A.name, self.idx, m.dims, self._dtype)}"
+        return _op_array(name, _prepare_footprints, m.A, self.idx, m.dims, self._dtype), "z"
+
+    def trace_blocks(self) -> tuple[da.Array, str]:
+        """The selected traces in this movie's time chunks, with their blockwise index."""
+        return self.traces[self.idx].rechunk({0: -1, 1: self.time_chunks}), "kt"
+
     def _build_dask(self) -> da.Array:
         m = self.model
         tok = tokenize(m.token, self.idx, self.traces.name, self._dtype, self.time_chunks)
-        op = _op_array(f"rcm-A-{tok}", _prepare_footprints, m.A, self.idx, m.dims, self._dtype)
-        c = self.traces[self.idx].rechunk({0: -1, 1: self.time_chunks})
         return _blockwise_frames(
-            f"rcm-{tok}", _rcm_block, m.dims, self._dtype, (op, "z"), (c, "kt")
+            f"rcm-{tok}", _rcm_block, m.dims, self._dtype, self.footprint_op(), self.trace_blocks()
         )
 
 
@@ -455,14 +472,23 @@ class RCB(Movie):
             self._ft[times],
         )
 
+    def background_op(self) -> tuple[da.Array, str]:
+        """One-block dask array: ``b`` in C pixel order (built once)."""
+        m = self.model
+        assert m.b is not None
+        name = f"rcb-b-{tokenize(m.b.name, m.dims, self._dtype)}"
+        return _op_array(name, _prepare_b_blocks, m.b, m.dims, self._dtype), "w"
+
+    def f_blocks(self) -> tuple[da.Array, str]:
+        """``f`` in this movie's time chunks, with its blockwise index."""
+        assert self.model.f is not None
+        return self.model.f.rechunk({0: -1, 1: self.time_chunks}), "nt"
+
     def _build_dask(self) -> da.Array:
         m = self.model
-        assert m.b is not None and m.f is not None
         tok = tokenize(m.token, self._dtype, self.time_chunks)
-        op = _op_array(f"rcb-b-{tok}", _prepare_b_blocks, m.b, m.dims, self._dtype)
-        f = m.f.rechunk({0: -1, 1: self.time_chunks})
         return _blockwise_frames(
-            f"rcb-{tok}", _rcb_block, m.dims, self._dtype, (op, "z"), (f, "nt")
+            f"rcb-{tok}", _rcb_block, m.dims, self._dtype, self.background_op(), self.f_blocks()
         )
 
 
@@ -505,30 +531,10 @@ class Residuals(Movie):
 
     def _build_dask(self) -> da.Array:
         m = self.model
-        assert m.Y is not None
-        tc = self.time_chunks
-        y = m.Y if tuple(m.Y.chunks[0]) == tc else m.Y.rechunk({0: tc})
-        tok = tokenize(m.token, self._dtype, tc)
-        opA = _op_array(
-            f"rcm-A-{tokenize(m.token, self._rcm.idx, 'C', self._dtype, tc)}",
-            _prepare_footprints,
-            m.A,
-            self._rcm.idx,
-            m.dims,
-            self._dtype,
-        )
-        c = m.C.rechunk({0: -1, 1: tc})
-        args: list[tuple[Any, str]] = [(y, "t" + "ijl"[: len(m.dims)]), (opA, "z"), (c, "kt")]
-        if m.nb:
-            assert m.b is not None and m.f is not None
-            opB = _op_array(
-                f"rcb-b-{tokenize(m.token, self._dtype, tc)}",
-                _prepare_b_blocks,
-                m.b,
-                m.dims,
-                self._dtype,
-            )
-            args += [(opB, "w"), (m.f.rechunk({0: -1, 1: tc}), "nt")]
+        tok = tokenize(m.token, self._dtype, self.time_chunks)
+        args = [self._y_blocks(), self._rcm.footprint_op(), self._rcm.trace_blocks()]
+        if self._rcb is not None:
+            args += [self._rcb.background_op(), self._rcb.f_blocks()]
         return _blockwise_frames(f"residuals-{tok}", _residual_block, m.dims, self._dtype, *args)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 
 from ._kernels import frames
 from ._model import CNMFModel
@@ -21,7 +22,6 @@ from ._movies import (
     _Cropped,
     _default_dtype,
     _op_array,
-    _prepare_footprints,
     _single,
     _time_key,
 )
@@ -111,37 +111,23 @@ class RingMovie(Movie):
 
     def _build_dask(self) -> da.Array:
         m = self.model
-        assert m.Y is not None and m.W is not None and m.b0 is not None
-        tc = self.time_chunks
-        y = m.Y if tuple(m.Y.chunks[0]) == tc else m.Y.rechunk({0: tc})
-        from dask.base import tokenize
-
-        tok = tokenize(m.token, self._dtype, tc, self.part)
-        opA = _op_array(
-            f"rcm-A-{tokenize(m.token, self._rcm.idx, 'C', self._dtype, tc)}",
-            _prepare_footprints,
-            m.A,
-            self._rcm.idx,
-            m.dims,
-            self._dtype,
-        )
+        assert m.W is not None and m.b0 is not None
+        tok = tokenize(m.token, self._dtype, self.time_chunks, self.part)
         ring = _op_array(
-            f"ring-op-{tokenize(m.token, self._dtype)}",
+            f"ring-op-{tokenize(m.W.name, m.b0.name, m.dims, self._dtype)}",
             _prepare_ring_blocks,
             [m.W, m.b0],
             m.dims,
             self._dtype,
         )
-        c = m.C.rechunk({0: -1, 1: tc})
-        letters = "t" + "ijl"[: len(m.dims)]
         return _blockwise_frames(
             f"ring-{self.part}-{tok}",
             _ring_block,
             m.dims,
             self._dtype,
-            (y, letters),
-            (opA, "z"),
-            (c, "kt"),
+            self._y_blocks(),
+            self._rcm.footprint_op(),
+            self._rcm.trace_blocks(),
             (ring, "w"),
             part=self.part,
         )
