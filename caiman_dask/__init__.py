@@ -8,6 +8,15 @@ from ._movies import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
 from ._projections import KINDS, project
 from ._store import StoreError, describe_store, open_zarr, store_info, to_zarr
 from ._synthetic import synthetic, write_cnmf_hdf5
+from ._view import (
+    MissingDependencyError,
+    MovieExistsError,
+    Viewer,
+    footprint_contours,
+    render_frame,
+    save_movie,
+    view,
+)
 from .errors import (
     CaimanDaskError,
     CaimanDaskWarning,
@@ -31,7 +40,9 @@ __all__ = [
     "ComponentError",
     "EmptyComponentsWarning",
     "FileFormatError",
+    "MissingDependencyError",
     "Movie",
+    "MovieExistsError",
     "MovieSource",
     "NaNWarning",
     "OptionError",
@@ -39,8 +50,10 @@ __all__ = [
     "Residuals",
     "ShapeMismatchError",
     "StoreError",
+    "Viewer",
     "__version__",
     "describe_store",
+    "footprint_contours",
     "from_arrays",
     "open_cnmf",
     "open_movie",
@@ -50,9 +63,12 @@ __all__ = [
     "raw",
     "rcb",
     "rcm",
+    "render_frame",
     "residuals",
+    "save_movie",
     "store_info",
     "synthetic",
     "to_zarr",
+    "view",
     "write_cnmf_hdf5",
 ]
