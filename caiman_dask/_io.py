@@ -142,10 +142,16 @@ class MemmapBackend(_Backend):
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """A copy of ``key`` read through a mapping that is closed again at once, so bulk
-        (dask) reads do not leave the file's pages mapped into the process."""
+        (dask) reads do not leave the file's pages mapped into the process.
+
+        The copy keeps the file's memory order: blocks of a frame-major memmap come out as
+        transposed views of contiguous rows (no transposing copy).
+        """
         view = self._open_view()
         try:
-            return np.array(view[key])
+            # order="K" copies in the file's own order (a frame-major file stays frame-major,
+            # read sequentially); consumers accept any strides
+            return np.array(view[key], order="K")
         finally:
             del view
 

@@ -257,19 +257,26 @@ class Movie:
 
 
 def _prepare_footprints(
-    blocks: list[Any], idx: np.ndarray, dims: tuple[int, ...], dtype: np.dtype
+    blocks: list[Any],
+    idx: np.ndarray,
+    dims: tuple[int, ...],
+    dtype: np.dtype,
+    order: str = "C",
 ) -> scipy.sparse.csc_matrix:
-    """CSC ``A[:, idx]`` with rows permuted to C pixel order, values in ``dtype``."""
+    """CSC ``A[:, idx]`` with rows in C pixel order (or CaImAn's F order), values in ``dtype``."""
     A = scipy.sparse.hstack([sparse_to_scipy(b) for b in blocks]).tocsr() if blocks else None
     P = math.prod(dims)
     if A is None or A.shape[1] == 0:
         return scipy.sparse.csc_matrix((P, len(idx)), dtype=dtype)
-    A = A[c_to_f_permutation(dims)][:, idx]
+    A = (A[c_to_f_permutation(dims)] if order == "C" else A)[:, idx]
     return scipy.sparse.csc_matrix(A, dtype=dtype)
 
 
-def _prepare_background(b: np.ndarray, dims: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(b)[c_to_f_permutation(dims)], dtype=dtype)
+def _prepare_background(
+    b: np.ndarray, dims: tuple[int, ...], dtype: np.dtype, order: str = "C"
+) -> np.ndarray:
+    b = np.asarray(b)
+    return np.ascontiguousarray(b[c_to_f_permutation(dims)] if order == "C" else b, dtype=dtype)
 
 
 def _op_array(name: str, func: Any, arrays: da.Array | list[da.Array], *args: Any) -> da.Array:
@@ -347,6 +354,35 @@ def _residual_block(
     return out.reshape((n, *dims))
 
 
+def _residual_block_stats(
+    y: np.ndarray,
+    opA_C: Any,
+    opA_F: Any,
+    opB_C: Any,
+    opB_F: Any,
+    c: np.ndarray,
+    f: np.ndarray | None,
+    *,
+    dims: tuple[int, ...],
+    out_dtype: np.dtype,
+    corr: bool,
+) -> dict[str, Any]:
+    """Streaming statistics of one block of residuals, computed in the block's own layout."""
+    from ._streaming import block_stats, stats_to_c_order
+
+    n = y.shape[0]
+    reverse = (0, *range(y.ndim - 1, 0, -1))
+    fortran = not y.flags.c_contiguous and y.transpose(reverse).flags.c_contiguous
+    if fortran:
+        rows, A, b, shape = y.transpose(reverse).reshape(n, -1), opA_F, opB_F, dims[::-1]
+    else:
+        rows, A, b, shape = np.ascontiguousarray(y).reshape(n, -1), opA_C, opB_C, dims
+    out = np.empty((n, math.prod(dims)), out_dtype)
+    frames(out, A, np.asarray(c).T, b, None if f is None else np.asarray(f).T, rows)
+    stats = block_stats(out.reshape((n, *shape)), corr=corr)
+    return stats_to_c_order(stats, dims) if fortran else stats
+
+
 # ---------------------------------------------------------------------------------------------
 # RCM
 # ---------------------------------------------------------------------------------------------
@@ -398,11 +434,12 @@ class RCM(Movie):
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
         frames(out, self._footprints(crop), self._Ct[times])
 
-    def footprint_op(self) -> tuple[da.Array, str]:
-        """One-block dask array: the selected footprints in C pixel order (built once)."""
+    def footprint_op(self, order: str = "C") -> tuple[da.Array, str]:
+        """One-block dask array: the selected footprints in C (or F) pixel order, built once."""
         m = self.model
-        name = f"rcm-A-{tokenize(m.A.name, self.idx, m.dims, self._dtype)}"
-        return _op_array(name, _prepare_footprints, m.A, self.idx, m.dims, self._dtype), "z"
+        name = f"rcm-A-{tokenize(m.A.name, self.idx, m.dims, self._dtype, order)}"
+        op = _op_array(name, _prepare_footprints, m.A, self.idx, m.dims, self._dtype, order)
+        return op, "z"
 
     def trace_blocks(self) -> tuple[da.Array, str]:
         """The selected traces in this movie's time chunks, with their blockwise index."""
@@ -472,12 +509,12 @@ class RCB(Movie):
             self._ft[times],
         )
 
-    def background_op(self) -> tuple[da.Array, str]:
-        """One-block dask array: ``b`` in C pixel order (built once)."""
+    def background_op(self, order: str = "C") -> tuple[da.Array, str]:
+        """One-block dask array: ``b`` in C (or F) pixel order, built once."""
         m = self.model
         assert m.b is not None
-        name = f"rcb-b-{tokenize(m.b.name, m.dims, self._dtype)}"
-        return _op_array(name, _prepare_b_blocks, m.b, m.dims, self._dtype), "w"
+        name = f"rcb-b-{tokenize(m.b.name, m.dims, self._dtype, order)}"
+        return _op_array(name, _prepare_b_blocks, m.b, m.dims, self._dtype, order), "w"
 
     def f_blocks(self) -> tuple[da.Array, str]:
         """``f`` in this movie's time chunks, with its blockwise index."""
@@ -492,8 +529,11 @@ class RCB(Movie):
         )
 
 
-def _prepare_b_blocks(blocks: list[Any], dims: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return _prepare_background(np.concatenate([np.asarray(b) for b in blocks], axis=0), dims, dtype)
+def _prepare_b_blocks(
+    blocks: list[Any], dims: tuple[int, ...], dtype: np.dtype, order: str = "C"
+) -> np.ndarray:
+    b = np.concatenate([np.asarray(blk) for blk in blocks], axis=0)
+    return _prepare_background(b, dims, dtype, order)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,6 +568,31 @@ class Residuals(Movie):
             None if rcb is None else rcb._ft[times],
             self._read_y(times, crop),
         )
+
+    def stats_parts(self, corr: bool) -> list[Any]:
+        """Per-time-chunk delayed statistics of the residuals, straight from ``Y``'s blocks.
+
+        Each task computes its residual block in the pixel order the movie's block arrives in
+        (CaImAn's Fortran order for a frame-major memmap: no transpose at all) and reduces it
+        at once (:func:`caiman_dask._streaming.block_stats`); only the per-pixel statistics
+        are reordered, which is bitwise the same as reducing C-ordered frames.
+        """
+        import dask
+
+        y = self._y_blocks()[0].to_delayed().ravel()
+        c = self._rcm.trace_blocks()[0].to_delayed().ravel()
+        ops = [self._rcm.footprint_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
+        if self._rcb is not None:
+            ops += [self._rcb.background_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
+            f = list(self._rcb.f_blocks()[0].to_delayed().ravel())
+        else:
+            ops += [None, None]
+            f = [None] * len(y)
+        fn = dask.delayed(_residual_block_stats, pure=True)
+        return [
+            fn(yb, *ops, cb, fb, dims=self.model.dims, out_dtype=self._dtype, corr=corr)
+            for yb, cb, fb in zip(y, c, f, strict=True)
+        ]
 
     def _build_dask(self) -> da.Array:
         m = self.model

@@ -23,7 +23,7 @@ import scipy.sparse
 
 from . import _streaming, _structured
 from ._compute import compute
-from ._movies import RCB, RCM, Movie
+from ._movies import RCB, RCM, Movie, Residuals
 from .errors import OptionError
 
 __all__ = ["KINDS", "Kind", "movie_min_max", "project"]
@@ -149,18 +149,22 @@ def whole_movie_stats_key(corr: bool) -> tuple[Any, bool]:
 
 def _stats_graph(mv: Movie, sel: Any, corr: bool) -> Any:
     """A delayed tree reduction of :func:`_streaming.block_stats` over the movie's blocks."""
-    data = mv.data
-    if not (isinstance(sel, slice) and sel == slice(None)):
-        data = data[sel]
+    whole = isinstance(sel, slice) and sel == slice(None)
+    if whole and type(mv) is Residuals:
+        return _tree_merge(mv.stats_parts(corr))
+    data = mv.data if whole else mv.data[sel]
     return _stats_graph_of(data, corr)
 
 
 def _stats_graph_of(data: Any, corr: bool) -> Any:
     """A delayed tree reduction of :func:`_streaming.block_stats` over a dask array's blocks."""
-    blocks = data.to_delayed().ravel()
     stats_of = dask.delayed(_streaming.block_stats, pure=True)
+    return _tree_merge([stats_of(b, corr=corr) for b in data.to_delayed().ravel()])
+
+
+def _tree_merge(parts: list[Any]) -> Any:
+    """Merge delayed statistics pairwise in a tree of fan-in ``_FAN_IN``."""
     merge = dask.delayed(_streaming.merge_many, pure=True)
-    parts = [stats_of(b, corr=corr) for b in blocks]
     while len(parts) > 1:
         parts = [merge(parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
     return parts[0]

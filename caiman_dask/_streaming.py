@@ -59,6 +59,7 @@ __all__ = [
     "local_correlations_reference",
     "merge_many",
     "merge_stats",
+    "stats_to_c_order",
 ]
 
 #: Neighbour offsets whose co-moments are accumulated for 2D frames ``(d1, d2)``.
@@ -500,6 +501,43 @@ def block_stats(block: np.ndarray, *, corr: bool) -> dict[str, np.ndarray | int]
             com[1].reshape(shape2),
             com[2].reshape(shape2),
         )
+    return out
+
+
+def stats_to_c_order(stats: Mapping[str, Any], dims: Sequence[int]) -> Stats:
+    """Statistics of a movie stored with its spatial axes reversed, re-expressed for ``dims``.
+
+    A block laid out as ``(n, *dims[::-1])`` (a CaImAn frame-major memmap read in its own
+    Fortran pixel order) gives per-pixel statistics on the reversed grid; this transposes them
+    and maps the neighbour co-moments onto the offsets of :func:`corr_offsets` for ``dims``
+    (the same numbers, bit for bit, as reducing the transposed frames directly).
+    """
+    dims = tuple(int(d) for d in dims)
+    nd = len(dims)
+    rev = tuple(range(nd - 1, -1, -1))
+    out: Stats = {"n": stats["n"]}
+    for key in ("mean", "m2", "min", "max"):
+        out[key] = np.ascontiguousarray(np.transpose(stats[key], rev))
+    if "comoment" not in stats:
+        return out
+    com = stats["comoment"]
+    rev_offsets = corr_offsets(nd)
+    offsets = corr_offsets(nd)
+    new = np.zeros((len(offsets), *dims))
+    for k, off in enumerate(rev_offsets):
+        moved = np.transpose(com[k], rev)  # anchored at the reversed pair's first pixel
+        target = tuple(off[::-1])
+        if target in offsets:
+            new[offsets.index(target)] = moved
+        else:  # 2D anti-diagonal (1, -1) of the reversed grid is (-1, 1): re-anchor it
+            neg = tuple(-o for o in target)
+            j = offsets.index(neg)
+            # new[x + target] = moved[x] for every x with both pixels inside the frame
+            pairs = list(zip(target, dims, strict=True))
+            src = tuple(slice(max(0, -o), d - max(0, o)) for o, d in pairs)
+            dst = tuple(slice(max(0, o), d + min(0, o)) for o, d in pairs)
+            new[j][dst] = moved[src]
+    out["comoment"] = new
     return out
 
 

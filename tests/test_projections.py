@@ -242,3 +242,23 @@ def test_projections_work_under_threads_and_sync(model_2p, refs_2p):
         with dask.config.set(scheduler=scheduler):
             res = cd.residuals(model_2p, frame_chunk=50)
             assert_close_scaled(cd.project(res, "std"), refs_2p["residual_proj_std"])
+
+
+@pytest.mark.parametrize("dims", [(23, 17), (7, 6, 5)])
+def test_residual_pass_in_the_files_own_order(tmp_path, dims):
+    """Frame-major memmap blocks are reduced in Fortran pixel order, then reordered."""
+    m = cd.synthetic(dims=dims, T=50, K=6, seed=9, path=tmp_path, frame_chunk=7)
+    block = m.Y.to_delayed().ravel()[0].compute()
+    assert not block.flags.c_contiguous  # the file's order is kept: the fast path is taken
+    kinds = [*STATS, "corr"]
+    got = cd.project(cd.residuals(m), kinds)
+    ref = _brute(dense_reference(m, "residuals"), kinds)
+    for k in kinds:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9, equal_nan=True)
+    # and bit for bit what the generic (C-ordered frames) reduction gives
+    from caiman_dask._projections import _stats_graph_of
+    from caiman_dask._streaming import finalize
+
+    generic = finalize(dask.compute(_stats_graph_of(cd.residuals(m).data, True))[0], kinds)
+    for k in kinds:
+        np.testing.assert_array_equal(got[k], generic[k])
