@@ -123,8 +123,48 @@ def _is_cnmf(path: Path) -> bool:
 
 
 def _export(args: argparse.Namespace) -> int:
-    print("caiman-dask export: zarr export is not available in this version yet", file=sys.stderr)
-    return EXIT_USAGE
+    import caiman_dask as cd
+
+    from ._compute import scheduler
+
+    cnmf = Path(args.cnmf)
+    if not cnmf.exists():
+        print(f"caiman-dask export: {cnmf} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    components: Any = args.components
+    if components not in ("all", "good", "bad"):
+        try:
+            components = [int(x) for x in components.split(",")]
+        except ValueError:
+            print(
+                f"caiman-dask export: --components {components!r}: expected all, good, bad or "
+                "comma-separated indices such as 0,3,7",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    movies = None if args.movies is None else [m.strip() for m in args.movies.split(",") if m]
+    model = cd.open_cnmf(cnmf, movie=args.movie)
+    t0 = time.perf_counter()
+    with scheduler(args.scheduler, workers=args.workers) as client:
+        if client is not None:
+            print(f"running on {client.scheduler.address} ({len(client.nthreads())} workers)")
+        out = cd.to_zarr(
+            model,
+            args.output,
+            movies=movies,
+            components=components,
+            projections=() if args.no_projections else ("mean", "std", "min", "max", "corr"),
+            codec=args.codec,
+            zarr_format=args.zarr_format,
+            chunk_frames=args.chunk_frames,
+            shard_frames=args.shard_frames,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    print(f"exported in {time.perf_counter() - t0:.1f} s")
+    print(cd.describe_store(out))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,3 +74,47 @@ def test_readme_quick_start_matches_ci():
     assert "caiman-dask demo" in commands[0]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines(), "the .ci/run must run the README's test command"
+
+
+def test_export_and_info(caiman_dir, tmp_path, capsys):
+    from .conftest import MMAP_2P_C
+
+    out = tmp_path / "r.zarr"
+    args = [
+        "export",
+        str(caiman_dir / "cnmf_2p.hdf5"),
+        "--movie",
+        str(caiman_dir / MMAP_2P_C),
+        "-o",
+        str(out),
+        "--components",
+        "good",
+        "--movies",
+        "rcm,residuals",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "rcm/0" in text and "residuals/0" in text and "rcb/0" not in text
+    import caiman_dask as cd
+
+    assert cd.store_info(out)["parameters"]["components"] == "good"
+    assert main(args) == 0  # the same export again: nothing to do
+    assert main([*args[:-2], "rcm", "--quiet"]) == 2  # other parameters, no --overwrite
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["info", str(out)]) == 0
+    assert "complete" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "export",
+                str(caiman_dir / "cnmf_2p.hdf5"),
+                "-o",
+                str(tmp_path / "x.zarr"),
+                "--components",
+                "best",
+            ]
+        )
+        == 2
+    )
+    assert "--components" in capsys.readouterr().err
