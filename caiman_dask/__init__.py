@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._compute import scheduler
 from ._io import MovieSource, open_movie, parse_memmap_name
 from ._model import CNMFModel, from_arrays, open_cnmf
 from ._movies import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
@@ -66,6 +67,7 @@ __all__ = [
     "render_frame",
     "residuals",
     "save_movie",
+    "scheduler",
     "store_info",
     "synthetic",
     "to_zarr",

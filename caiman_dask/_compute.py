@@ -3,6 +3,10 @@
 ``compute(graphs, progress=...)`` is the one place the library computes bulk work; it shows
 dask's progress bar locally and ``distributed.progress`` on a cluster, and is interruptible
 (Ctrl-C cancels the futures on a cluster).
+
+On a cluster, graphs stay small: factors read from files travel as file references (the
+workers read them), and in-memory arrays embedded in a graph (a model built from NumPy arrays)
+are scattered to the cluster once per computation instead of being pickled into the graph.
 """
 
 from __future__ import annotations
@@ -33,6 +37,53 @@ def active_client() -> Any:
     return client
 
 
+#: In-memory values embedded in a graph at least this large are scattered, not pickled into it.
+SCATTER_BYTES = 1 << 20
+
+
+def _literal(value: Any) -> Any:
+    """The data of a graph value that is a literal (not a task), else ``None``."""
+    from dask._task_spec import DataNode, GraphNode
+
+    if isinstance(value, DataNode):
+        return value.value
+    if isinstance(value, GraphNode) or callable(value) or isinstance(value, tuple):
+        return None
+    return value
+
+
+def _scatter_literals(client: Any, graphs: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Replace large in-memory literals of the graphs by futures of data scattered once.
+
+    Returns the rebuilt collections and the futures (keep them alive until the result is
+    gathered). Collections without large literals are returned unchanged.
+    """
+    from dask.sizeof import sizeof
+
+    out: list[Any] = []
+    held: list[Any] = []
+    for g in graphs:
+        if not dask.is_dask_collection(g):
+            out.append(g)
+            continue
+        dsk = g.__dask_graph__()
+        big: dict[Any, Any] = {}
+        for key, value in dsk.items():
+            data = _literal(value)
+            if data is not None and sizeof(data) >= SCATTER_BYTES:
+                big[key] = data
+        if not big:
+            out.append(g)
+            continue
+        futures = client.scatter(big, hash=False)
+        held.extend(futures.values())
+        new = dict(dsk)
+        new.update(futures)
+        rebuild, args = g.__dask_postpersist__()
+        out.append(rebuild(new, *args))
+    return out, held
+
+
 def compute(graphs: Sequence[Any], progress: bool = False) -> list[Any]:
     """Compute dask collections together (shared inputs are read once).
 
@@ -49,6 +100,7 @@ def compute(graphs: Sequence[Any], progress: bool = False) -> list[Any]:
             with ProgressBar(minimum=1.0):
                 return list(dask.compute(*graphs))
         return list(dask.compute(*graphs))
+    graphs, _held = _scatter_literals(client, graphs)  # scattered data: alive until gathered
     futures = client.compute(list(graphs))
     try:
         if progress:
@@ -79,7 +131,7 @@ def scheduler(address: str | None = None, *, workers: int | None = None) -> Iter
             yield client
         return
     with (
-        LocalCluster(n_workers=workers, threads_per_worker=1) as cluster,
+        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         yield client

@@ -156,6 +156,27 @@ class MemmapBackend(_Backend):
             del view
 
 
+class NumpyMemmapBackend(_Backend):
+    """A contiguous ``np.memmap`` (any layout) reopened from its file on each read."""
+
+    def __init__(self, arr: np.memmap):
+        self.path = Path(arr.filename)
+        self.offset = int(arr.offset)
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.order = "C" if arr.flags.c_contiguous else "F"
+        self._lock = threading.Lock()
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        view = np.memmap(
+            self.path, self.dtype, "r", offset=self.offset, shape=self.shape, order=self.order
+        )
+        try:
+            return np.array(view[key], order="K")
+        finally:
+            del view
+
+
 class TiffBackend(_Backend):
     """A TIFF movie, read page range by page range with tifffile.
 
@@ -470,6 +491,23 @@ def _open_array(arr: Any, frame_chunk: int | None) -> MovieSource:
         if frame_chunk:
             data = data.rechunk({0: frame_chunk})
         return MovieSource(data, None, f"dask array {data.name}")
+    if (
+        isinstance(arr, np.memmap)
+        and arr.filename
+        and (arr.flags.c_contiguous or arr.flags.f_contiguous)
+    ):
+        # read per chunk through the file (a np.memmap would pickle as its whole data)
+        backend = NumpyMemmapBackend(arr)
+        dims = arr.shape[1:]
+        frames = frame_chunk or default_frame_chunk(dims)
+        path = Path(arr.filename)
+        name = (
+            f"numpy-memmap-{tokenize(_file_identity(path), arr.offset, arr.shape, arr.dtype.str)}"
+        )
+        data = _from_backend(
+            backend, (_time_chunks(arr.shape[0], frames), *[(d,) for d in dims]), name
+        )
+        return MovieSource(data, arr, f"NumPy memmap {path}", (path,))
     if isinstance(arr, np.memmap):
         desc = f"NumPy memmap {arr.filename}"
         files: tuple[Path, ...] = (Path(arr.filename),) if arr.filename else ()

@@ -18,6 +18,7 @@ __all__ = [
     "c_to_f_permutation",
     "frames",
     "frames_reference",
+    "residual_moments",
 ]
 
 
@@ -132,6 +133,107 @@ def frames(
         y = np.ascontiguousarray(Y[t]).reshape(-1)
         _set_minus_lowrank(o, y, b, ft[t])
         _add_frame(o, A.indptr, A.indices, data, Ct[t], no_b, ft[t, :0], alpha)
+
+
+@numba.njit(cache=True, nogil=True)
+def _residual_moments(
+    y, erow, indptr, indices, data, ct, bT, ft, mean, m2, mn, mx
+):  # pragma: no cover
+    """Per-pixel mean, M2, min, max over the frames of ``r = y - b @ f - A @ c``, one pass.
+
+    Pixel tiles outer, frames inside: the tile's background rows, footprint entries and
+    accumulators stay in cache while the frames stream by, so every input is read once and the
+    residual block is never stored. Each step is a simple loop over the tile (the movie row,
+    the background, the footprint entries of the tile, the accumulation). Sums are of
+    ``r - r[0]`` (shifted data; exactly 0 for a constant pixel), in float64.
+    """
+    n, P = y.shape
+    nb = bT.shape[0]
+    tile = 4096
+    s1 = np.empty(tile)
+    s2 = np.empty(tile)
+    sh = np.empty(tile)
+    lo = np.empty(tile)
+    hi = np.empty(tile)
+    r = np.empty(tile)
+    for p0 in range(0, P, tile):
+        p1 = min(P, p0 + tile)
+        w = p1 - p0
+        j0 = indptr[p0]
+        j1 = indptr[p1]
+        for t in range(n):
+            yt = y[t]
+            for q in range(w):
+                r[q] = yt[p0 + q]
+            for i in range(nb):
+                fi = ft[t, i]
+                bi = bT[i]
+                for q in range(w):
+                    r[q] -= bi[p0 + q] * fi
+            c = ct[t]
+            for j in range(j0, j1):
+                r[erow[j] - p0] -= data[j] * c[indices[j]]
+            if t == 0:
+                for q in range(w):
+                    sh[q] = r[q]
+                    lo[q] = r[q]
+                    hi[q] = r[q]
+                    s1[q] = 0.0
+                    s2[q] = 0.0
+            else:
+                for q in range(w):
+                    v = r[q]
+                    d = v - sh[q]
+                    s1[q] += d
+                    s2[q] += d * d
+                    if v < lo[q]:
+                        lo[q] = v
+                    if v > hi[q]:
+                        hi[q] = v
+        for q in range(w):
+            p = p0 + q
+            mean[p] = sh[q] + s1[q] / n
+            var = s2[q] - s1[q] * s1[q] / n
+            m2[p] = var if var > 0.0 else 0.0
+            mn[p] = lo[q]
+            mx[p] = hi[q]
+
+
+def residual_moments(
+    y: np.ndarray,
+    A: scipy.sparse.csr_matrix,
+    ct: np.ndarray,
+    b: np.ndarray | None,
+    ft: np.ndarray | None,
+) -> dict[str, np.ndarray | int]:
+    """Streaming statistics (``n``, ``mean``, ``m2``, ``min``, ``max``) of residual rows.
+
+    ``y`` is ``(n, npix)`` (any float dtype), ``A`` CSR ``(npix, K)``, ``ct`` ``(n, K)``,
+    ``b`` ``(npix, nb)``, ``ft`` ``(n, nb)``; pixels in any order shared by all of them. The
+    result has the keys of :func:`caiman_dask._streaming.block_stats` (``corr=False``).
+    """
+    n, P = y.shape
+    if b is None or ft is None:
+        b = np.zeros((P, 0))
+        ft = np.zeros((n, 0))
+    out = {k: np.empty(P) for k in ("mean", "m2", "min", "max")}
+    if n:
+        erow = np.repeat(np.arange(P, dtype=np.int32), np.diff(A.indptr))
+        _residual_moments(
+            np.ascontiguousarray(y),
+            erow,
+            A.indptr,
+            A.indices,
+            np.asarray(A.data, dtype=np.float64),
+            np.ascontiguousarray(ct, dtype=np.float64),
+            np.ascontiguousarray(np.asarray(b).T, dtype=np.float64),
+            np.ascontiguousarray(ft, dtype=np.float64),
+            out["mean"],
+            out["m2"],
+            out["min"],
+            out["max"],
+        )
+    return {"n": n, **out}
 
 
 def frames_reference(

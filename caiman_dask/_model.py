@@ -428,6 +428,7 @@ def _as_sparse_dask(A: Any, name: str) -> da.Array:
         chunks=coo.shape if min(coo.shape) else -1,
         name=f"{name}-{tokenize(coo.coords, coo.data, coo.shape)}",
         asarray=False,
+        meta=sparse.COO.from_numpy(np.zeros((0, 0), dtype=coo.dtype)),
     )
 
 

@@ -367,7 +367,13 @@ def _residual_block_stats(
     out_dtype: np.dtype,
     corr: bool,
 ) -> dict[str, Any]:
-    """Streaming statistics of one block of residuals, computed in the block's own layout."""
+    """Streaming statistics of one block of residuals, computed in the block's own layout.
+
+    Without ``corr``, one fused pass (:func:`caiman_dask._kernels.residual_moments`) reads
+    the movie, subtracts the model and accumulates, never storing the residual block; with
+    ``corr`` the block is formed (in ``out_dtype``) and reduced with its neighbour co-moments.
+    """
+    from ._kernels import residual_moments
     from ._streaming import block_stats, stats_to_c_order
 
     n = y.shape[0]
@@ -377,9 +383,14 @@ def _residual_block_stats(
         rows, A, b, shape = y.transpose(reverse).reshape(n, -1), opA_F, opB_F, dims[::-1]
     else:
         rows, A, b, shape = np.ascontiguousarray(y).reshape(n, -1), opA_C, opB_C, dims
-    out = np.empty((n, math.prod(dims)), out_dtype)
-    frames(out, A, np.asarray(c).T, b, None if f is None else np.asarray(f).T, rows)
-    stats = block_stats(out.reshape((n, *shape)), corr=corr)
+    ft = None if f is None else np.asarray(f).T
+    if corr:
+        out = np.empty((n, math.prod(dims)), out_dtype)
+        frames(out, A, np.asarray(c).T, b, ft, rows)
+        stats = block_stats(out.reshape((n, *shape)), corr=True)
+    else:
+        stats = residual_moments(rows, A.tocsr(), np.asarray(c).T, b, ft)
+        stats = {k: v if k == "n" else v.reshape(shape) for k, v in stats.items()}
     return stats_to_c_order(stats, dims) if fortran else stats
 
 

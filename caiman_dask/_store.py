@@ -339,7 +339,8 @@ def to_zarr(
             regions.append((slice(t0, t1),) + (slice(None),) * len(dims))
     if sources:
         stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
-        stats = compute([stored, *(g for _, g in fused)], progress)[1:]
+        parts = stored if isinstance(stored, tuple) else (stored,)
+        stats = compute([_join(parts), *(g for _, g in fused)], progress)[1:]
         for (mv, _), st in zip(fused, stats, strict=True):
             cache = mv.__dict__.setdefault("_stats_cache", {})
             cache[whole_movie_stats_key("corr" in kinds)] = st
@@ -474,6 +475,24 @@ def _done_units(marks: Any) -> np.ndarray:
     return out
 
 
+def _all_written(*_: Any) -> None:
+    """Joins the store tasks (their results are empty placeholders)."""
+
+
+def _join(parts: Sequence[Any]) -> Any:
+    """One Delayed depending on every write, built without graph optimisation, so data shared
+    by the writes' graphs stays one key (and is scattered once on a cluster)."""
+    from dask.base import tokenize
+    from dask.core import flatten
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"caiman-dask-written-{tokenize(*[p.name for p in parts])}"
+    keys = [k for p in parts for k in flatten(p.__dask_keys__())]
+    graph = HighLevelGraph.from_collections(name, {name: (_all_written, *keys)}, parts)
+    return Delayed(name, graph)
+
+
 class _MarkedTarget:
     """A ``da.store`` target: writes one unit into the array, then marks it written."""
 
@@ -579,7 +598,8 @@ def _write_factors(model: CNMFModel, path: Path, zarr_format: int, comp: Any) ->
     def dense(name: str, x: Any) -> None:
         if x is None:
             return
-        arr = np.asarray(x.compute() if isinstance(x, da.Array) else x)
+        # small factors: read here (never shipped inside a cluster graph)
+        arr = np.asarray(x.compute(scheduler="sync") if isinstance(x, da.Array) else x)
         chunks = arr.shape if arr.ndim < 2 else (arr.shape[0], max(1, min(arr.shape[1], 4096)))
         a = grp.create_array(
             name,

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.signal
 import scipy.sparse
 
 from ._model import CNMFModel, from_arrays, open_cnmf
@@ -77,6 +76,8 @@ def _traces(rng: np.random.Generator, K: int, T: int, fr: float) -> tuple[np.nda
     rate = rng.uniform(0.008, 0.03, size=(K, 1))
     spikes = (rng.random((K, T)) < rate) * rng.lognormal(0.0, 0.5, size=(K, T))
     g = (1.7, -0.712)
+    import scipy.signal  # lazily: importing it costs ~1 s on every worker process
+
     C = scipy.signal.lfilter([1.0], [1.0, -g[0], -g[1]], spikes, axis=1)
     amplitude = rng.uniform(28, 60, size=(K, 1))
     baseline = rng.uniform(-40, 5, size=(K, 1))
@@ -97,6 +98,8 @@ def _background(
         img = (80.0 if i == 0 else 30.0) * np.exp(-r2 / (2 * w**2)) + (40.0 if i == 0 else 0.0)
         cols.append(img.ravel(order="F"))
     b = np.stack(cols, axis=1) if nb else np.zeros((math.prod(dims), 0))
+    import scipy.signal
+
     t = np.arange(T) / fr
     f = np.empty((nb, T))
     for i in range(nb):

@@ -255,10 +255,14 @@ def test_residual_pass_in_the_files_own_order(tmp_path, dims):
     ref = _brute(dense_reference(m, "residuals"), kinds)
     for k in kinds:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9, equal_nan=True)
-    # and bit for bit what the generic (C-ordered frames) reduction gives
+    # and what the generic (C-ordered frames) reduction gives: bit for bit with corr (the same
+    # block_stats on transposed data), to rounding without (the fused one-pass kernel)
     from caiman_dask._projections import _stats_graph_of
     from caiman_dask._streaming import finalize
 
     generic = finalize(dask.compute(_stats_graph_of(cd.residuals(m).data, True))[0], kinds)
     for k in kinds:
         np.testing.assert_array_equal(got[k], generic[k])
+    fused = cd.project(cd.residuals(m), STATS)  # no corr: the fused kernel
+    for k in STATS:
+        assert_close_scaled(fused[k], generic[k], rtol=1e-12)
