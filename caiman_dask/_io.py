@@ -141,19 +141,14 @@ class MemmapBackend(_Backend):
         return h
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """A copy of ``key`` read through a mapping that is closed again at once, so bulk
-        (dask) reads do not leave the file's pages mapped into the process.
+        """``key`` as a view of a fresh read-only mapping of the file.
 
-        The copy keeps the file's memory order: blocks of a frame-major memmap come out as
-        transposed views of contiguous rows (no transposing copy).
+        No copy: the frames are read from the page cache by whoever consumes the block, in
+        the file's own memory order (blocks of a frame-major memmap are transposed views of
+        contiguous rows). The mapping closes when the block is released, so bulk (dask)
+        reads do not keep the file's pages mapped into the process.
         """
-        view = self._open_view()
-        try:
-            # order="K" copies in the file's own order (a frame-major file stays frame-major,
-            # read sequentially); consumers accept any strides
-            return np.array(view[key], order="K")
-        finally:
-            del view
+        return self._open_view()[key]
 
 
 class NumpyMemmapBackend(_Backend):

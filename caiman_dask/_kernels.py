@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numba
 import numpy as np
 import scipy.sparse
 
 __all__ = [
+    "MomentsOperator",
     "c_to_f_permutation",
     "frames",
     "frames_reference",
+    "prepare_moments",
     "residual_moments",
 ]
 
@@ -135,10 +138,12 @@ def frames(
         _add_frame(o, A.indptr, A.indices, data, Ct[t], no_b, ft[t, :0], alpha)
 
 
+#: Pixels per tile of :func:`_residual_moments` (tile accumulators stay in L2).
+_TILE = 4096
+
+
 @numba.njit(cache=True, nogil=True)
-def _residual_moments(
-    y, erow, indptr, indices, data, ct, bT, ft, mean, m2, mn, mx
-):  # pragma: no cover
+def _residual_moments(y, qloc, idx, indptr, data, ct, bT, ft, mean, m2, mn, mx):  # pragma: no cover
     """Per-pixel mean, M2, min, max over the frames of ``r = y - b @ f - A @ c``, one pass.
 
     Pixel tiles outer, frames inside: the tile's background rows, footprint entries and
@@ -149,7 +154,7 @@ def _residual_moments(
     """
     n, P = y.shape
     nb = bT.shape[0]
-    tile = 4096
+    tile = _TILE
     s1 = np.empty(tile)
     s2 = np.empty(tile)
     sh = np.empty(tile)
@@ -161,18 +166,19 @@ def _residual_moments(
         w = p1 - p0
         j0 = indptr[p0]
         j1 = indptr[p1]
+        # (sub-views with 0-based loops let LLVM vectorise; offset indexing would not)
         for t in range(n):
-            yt = y[t]
+            yt = y[t, p0:p1]
             for q in range(w):
-                r[q] = yt[p0 + q]
+                r[q] = yt[q]
             for i in range(nb):
+                bi = bT[i, p0:p1]
                 fi = ft[t, i]
-                bi = bT[i]
                 for q in range(w):
-                    r[q] -= bi[p0 + q] * fi
+                    r[q] -= bi[q] * fi
             c = ct[t]
-            for j in range(j0, j1):
-                r[erow[j] - p0] -= data[j] * c[indices[j]]
+            for j in range(j0, j1):  # unsigned indices: no wrap-around checks
+                r[qloc[j]] -= data[j] * c[idx[j]]
             if t == 0:
                 for q in range(w):
                     sh[q] = r[q]
@@ -186,48 +192,70 @@ def _residual_moments(
                     d = v - sh[q]
                     s1[q] += d
                     s2[q] += d * d
-                    if v < lo[q]:
-                        lo[q] = v
-                    if v > hi[q]:
-                        hi[q] = v
+                    lo[q] = min(lo[q], v)
+                    hi[q] = max(hi[q], v)
+        mean_t = mean[p0:p1]
+        m2_t = m2[p0:p1]
+        mn_t = mn[p0:p1]
+        mx_t = mx[p0:p1]
         for q in range(w):
-            p = p0 + q
-            mean[p] = sh[q] + s1[q] / n
+            mean_t[q] = sh[q] + s1[q] / n
             var = s2[q] - s1[q] * s1[q] / n
-            m2[p] = var if var > 0.0 else 0.0
-            mn[p] = lo[q]
-            mx[p] = hi[q]
+            m2_t[q] = var if var > 0.0 else 0.0
+            mn_t[q] = lo[q]
+            mx_t[q] = hi[q]
+
+
+@dataclass(frozen=True)
+class MomentsOperator:
+    """Footprints and background prepared once for :func:`residual_moments`."""
+
+    qloc: np.ndarray  # uint32: each footprint entry's pixel, relative to its tile
+    idx: np.ndarray  # uint32: each entry's component
+    indptr: np.ndarray  # CSR row pointers (pixels)
+    data: np.ndarray  # float64 entry values
+    bT: np.ndarray  # (nb, npix) float64 background, pixels contiguous
+
+    @property
+    def npix(self) -> int:
+        return len(self.indptr) - 1
+
+
+def prepare_moments(A: scipy.sparse.spmatrix, b: np.ndarray | None) -> MomentsOperator:
+    """Prepare ``A`` (npix x K, any sparse format) and ``b`` (npix x nb) for the fused pass."""
+    A = scipy.sparse.csr_matrix(A)
+    P = A.shape[0]
+    rows = np.repeat(np.arange(P, dtype=np.int64), np.diff(A.indptr))
+    return MomentsOperator(
+        qloc=(rows % _TILE).astype(np.uint32),
+        idx=A.indices.astype(np.uint32),
+        indptr=A.indptr.astype(np.int64),
+        data=np.asarray(A.data, dtype=np.float64),
+        bT=np.zeros((0, P)) if b is None else np.ascontiguousarray(np.asarray(b).T, np.float64),
+    )
 
 
 def residual_moments(
-    y: np.ndarray,
-    A: scipy.sparse.csr_matrix,
-    ct: np.ndarray,
-    b: np.ndarray | None,
-    ft: np.ndarray | None,
+    y: np.ndarray, op: MomentsOperator, ct: np.ndarray, ft: np.ndarray | None
 ) -> dict[str, np.ndarray | int]:
     """Streaming statistics (``n``, ``mean``, ``m2``, ``min``, ``max``) of residual rows.
 
-    ``y`` is ``(n, npix)`` (any float dtype), ``A`` CSR ``(npix, K)``, ``ct`` ``(n, K)``,
-    ``b`` ``(npix, nb)``, ``ft`` ``(n, nb)``; pixels in any order shared by all of them. The
-    result has the keys of :func:`caiman_dask._streaming.block_stats` (``corr=False``).
+    ``y`` is ``(n, npix)`` (any float dtype), ``ct`` ``(n, K)``, ``ft`` ``(n, nb)``; pixels in
+    the operator's order. The result has the keys of
+    :func:`caiman_dask._streaming.block_stats` (``corr=False``).
     """
     n, P = y.shape
-    if b is None or ft is None:
-        b = np.zeros((P, 0))
-        ft = np.zeros((n, 0))
     out = {k: np.empty(P) for k in ("mean", "m2", "min", "max")}
     if n:
-        erow = np.repeat(np.arange(P, dtype=np.int32), np.diff(A.indptr))
         _residual_moments(
             np.ascontiguousarray(y),
-            erow,
-            A.indptr,
-            A.indices,
-            np.asarray(A.data, dtype=np.float64),
+            op.qloc,
+            op.idx,
+            op.indptr,
+            op.data,
             np.ascontiguousarray(ct, dtype=np.float64),
-            np.ascontiguousarray(np.asarray(b).T, dtype=np.float64),
-            np.ascontiguousarray(ft, dtype=np.float64),
+            op.bT,
+            np.zeros((n, 0)) if ft is None else np.ascontiguousarray(ft, dtype=np.float64),
             out["mean"],
             out["m2"],
             out["min"],

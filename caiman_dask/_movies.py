@@ -354,6 +354,31 @@ def _residual_block(
     return out.reshape((n, *dims))
 
 
+def _block_layout(y: np.ndarray, dims: tuple[int, ...]) -> tuple[np.ndarray, bool]:
+    """A movie block as rows ``(n, npix)`` without copying when it is stored transposed
+    (frame-major memmap: CaImAn's Fortran pixel order); ``True`` in that case."""
+    n = y.shape[0]
+    reverse = (0, *range(y.ndim - 1, 0, -1))
+    if not y.flags.c_contiguous and y.transpose(reverse).flags.c_contiguous:
+        return y.transpose(reverse).reshape(n, -1), True
+    return np.ascontiguousarray(y).reshape(n, -1), False
+
+
+def _residual_block_moments(
+    y: np.ndarray, mop_C: Any, mop_F: Any, c: np.ndarray, f: np.ndarray | None, *, dims: tuple
+) -> dict[str, Any]:
+    """Mean / M2 / min / max of one block of residuals in one fused pass (never stored)."""
+    from ._kernels import residual_moments
+    from ._streaming import stats_to_c_order
+
+    rows, fortran = _block_layout(y, dims)
+    ft = None if f is None else np.asarray(f).T
+    stats = residual_moments(rows, mop_F if fortran else mop_C, np.asarray(c).T, ft)
+    shape = dims[::-1] if fortran else dims
+    stats = {k: v if k == "n" else v.reshape(shape) for k, v in stats.items()}
+    return stats_to_c_order(stats, dims) if fortran else stats
+
+
 def _residual_block_stats(
     y: np.ndarray,
     opA_C: Any,
@@ -365,32 +390,16 @@ def _residual_block_stats(
     *,
     dims: tuple[int, ...],
     out_dtype: np.dtype,
-    corr: bool,
 ) -> dict[str, Any]:
-    """Streaming statistics of one block of residuals, computed in the block's own layout.
-
-    Without ``corr``, one fused pass (:func:`caiman_dask._kernels.residual_moments`) reads
-    the movie, subtracts the model and accumulates, never storing the residual block; with
-    ``corr`` the block is formed (in ``out_dtype``) and reduced with its neighbour co-moments.
-    """
-    from ._kernels import residual_moments
+    """Statistics with neighbour co-moments of one block of residuals, in its own layout."""
     from ._streaming import block_stats, stats_to_c_order
 
+    rows, fortran = _block_layout(y, dims)
+    A, b = (opA_F, opB_F) if fortran else (opA_C, opB_C)
     n = y.shape[0]
-    reverse = (0, *range(y.ndim - 1, 0, -1))
-    fortran = not y.flags.c_contiguous and y.transpose(reverse).flags.c_contiguous
-    if fortran:
-        rows, A, b, shape = y.transpose(reverse).reshape(n, -1), opA_F, opB_F, dims[::-1]
-    else:
-        rows, A, b, shape = np.ascontiguousarray(y).reshape(n, -1), opA_C, opB_C, dims
-    ft = None if f is None else np.asarray(f).T
-    if corr:
-        out = np.empty((n, math.prod(dims)), out_dtype)
-        frames(out, A, np.asarray(c).T, b, ft, rows)
-        stats = block_stats(out.reshape((n, *shape)), corr=True)
-    else:
-        stats = residual_moments(rows, A.tocsr(), np.asarray(c).T, b, ft)
-        stats = {k: v if k == "n" else v.reshape(shape) for k, v in stats.items()}
+    out = np.empty((n, math.prod(dims)), out_dtype)
+    frames(out, A, np.asarray(c).T, b, None if f is None else np.asarray(f).T, rows)
+    stats = block_stats(out.reshape((n, *(dims[::-1] if fortran else dims))), corr=True)
     return stats_to_c_order(stats, dims) if fortran else stats
 
 
@@ -599,9 +608,19 @@ class Residuals(Movie):
         else:
             ops += [None, None]
             f = [None] * len(y)
+        if not corr:  # the fused one-pass kernel, its operators prepared once per layout
+            from ._kernels import prepare_moments
+
+            prep = dask.delayed(prepare_moments, pure=True)
+            mops = [prep(ops[0], ops[2]), prep(ops[1], ops[3])]
+            moments = dask.delayed(_residual_block_moments, pure=True)
+            return [
+                moments(yb, *mops, cb, fb, dims=self.model.dims)
+                for yb, cb, fb in zip(y, c, f, strict=True)
+            ]
         fn = dask.delayed(_residual_block_stats, pure=True)
         return [
-            fn(yb, *ops, cb, fb, dims=self.model.dims, out_dtype=self._dtype, corr=corr)
+            fn(yb, *ops, cb, fb, dims=self.model.dims, out_dtype=self._dtype)
             for yb, cb, fb in zip(y, c, f, strict=True)
         ]
 
