@@ -11,7 +11,12 @@ import numpy as np
 
 from ._model import CNMFModel
 
-__all__ = ["assert_close_scaled", "dense_reference", "raise_if_dask_computes"]
+__all__ = [
+    "assert_close_scaled",
+    "assert_stores_identical",
+    "dense_reference",
+    "raise_if_dask_computes",
+]
 
 
 def assert_close_scaled(actual: Any, expected: Any, rtol: float = 1e-10) -> None:
@@ -70,3 +75,16 @@ def raise_if_dask_computes() -> Iterator[None]:
 
     with Callback(start=_start):
         yield
+
+
+def assert_stores_identical(a: Any, b: Any) -> None:
+    """Assert two directory trees (e.g. zarr stores) hold the same files, byte for byte."""
+    import filecmp
+    from pathlib import Path
+
+    a, b = Path(a), Path(b)
+    fa = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    fb = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert fa == fb, f"different files: {sorted(set(fa) ^ set(fb))[:5]}"
+    _, mismatch, errors = filecmp.cmpfiles(a, b, fa, shallow=False)
+    assert not mismatch and not errors, f"different bytes: {(mismatch + errors)[:5]}"

@@ -6,7 +6,6 @@ cluster of worker processes (with nannies and a memory limit) for the memory and
 
 from __future__ import annotations
 
-import filecmp
 import logging
 import os
 import pickle
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 import caiman_dask as cd
+from caiman_dask.testing import assert_stores_identical
 
 distributed = pytest.importorskip("distributed")
 from distributed import Client, LocalCluster  # noqa: E402
@@ -95,17 +95,6 @@ def _local(fn):
         return fn()
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def _identical(a: Path, b: Path) -> None:
-    fa, fb = _files(a), _files(b)
-    assert fa == fb
-    _, mismatch, errors = filecmp.cmpfiles(a, b, fa, shallow=False)
-    assert not mismatch and not errors, mismatch[:5]
-
-
 def _movies(m):
     out = {"rcm": cd.rcm(m), "rcm-good": cd.rcm(m, "good"), "rcb": cd.rcb(m)}
     if m.Y is not None:
@@ -151,13 +140,13 @@ def test_export_is_byte_identical_on_a_cluster(client, syn, tmp_path):
     ref = _local(lambda: cd.to_zarr(syn, tmp_path / "local.zarr", chunk_frames=8, progress=False))
     # progress=True: distributed's progress bar
     out = cd.to_zarr(cd.open_cnmf(syn.files["cnmf"]), tmp_path / "c.zarr", chunk_frames=8)
-    _identical(ref, out)
+    assert_stores_identical(ref, out)
     # sharded, zarr v3; and zarr v2
     kw = {"movies": ("residuals",), "chunk_frames": 4, "progress": False}
     ref = _local(lambda: cd.to_zarr(syn, tmp_path / "ls.zarr", shard_frames=12, **kw))
-    _identical(ref, cd.to_zarr(syn, tmp_path / "cs.zarr", shard_frames=12, **kw))
+    assert_stores_identical(ref, cd.to_zarr(syn, tmp_path / "cs.zarr", shard_frames=12, **kw))
     ref = _local(lambda: cd.to_zarr(syn, tmp_path / "l2.zarr", zarr_format=2, **kw))
-    _identical(ref, cd.to_zarr(syn, tmp_path / "c2.zarr", zarr_format=2, **kw))
+    assert_stores_identical(ref, cd.to_zarr(syn, tmp_path / "c2.zarr", zarr_format=2, **kw))
 
 
 def test_in_memory_model_projection_scatters_its_arrays(client):
@@ -206,7 +195,7 @@ def test_cli_export(tcp_scheduler, syn, tmp_path):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         assert "running on tcp://" in out
-        _identical(ref, tmp_path / name)
+        assert_stores_identical(ref, tmp_path / name)
 
 
 def test_scheduler_context(tcp_scheduler, syn):
@@ -450,7 +439,7 @@ def test_killed_worker_export_completes_byte_identical(pclient, mid, tmp_path):
     pclient.wait_for_workers(2, timeout=60)
     assert killer.pids[0] not in _worker_pids(pclient).values()
     assert cd.store_info(out)["complete"] is True
-    _identical(ref, out)
+    assert_stores_identical(ref, out)
 
 
 def test_killed_worker_projection_is_identical(pclient, mid):

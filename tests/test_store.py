@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import filecmp
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
 import caiman_dask as cd
-from caiman_dask.testing import assert_close_scaled
+from caiman_dask.testing import assert_close_scaled, assert_stores_identical
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +134,6 @@ cd.to_zarr(m, sys.argv[2], chunk_frames=2, progress=False)
 """
 
 
-def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def _identical(a: Path, b: Path) -> None:
-    fa, fb = _files(a), _files(b)
-    assert fa == fb
-    _, mismatch, errors = filecmp.cmpfiles(a, b, fa, shallow=False)
-    assert not mismatch and not errors, mismatch[:5]
-
-
 @pytest.mark.parametrize("wait_markers", [5, 60])
 def test_killed_export_resumes_byte_identical(syn, tmp_path, wait_markers):
     clean = cd.to_zarr(syn, tmp_path / "clean.zarr", chunk_frames=2, progress=False)
@@ -170,7 +157,7 @@ def test_killed_export_resumes_byte_identical(syn, tmp_path, wait_markers):
         cd.open_zarr(killed)
     assert cd.store_info(killed)["complete"] is False
     cd.to_zarr(cd.open_cnmf(syn.files["cnmf"]), killed, chunk_frames=2, progress=False)
-    _identical(clean, killed)
+    assert_stores_identical(clean, killed)
     assert cd.store_info(killed)["complete"] is True
 
 
