@@ -329,16 +329,6 @@ class ModelSpec:
         return 4 * math.prod(self.dims) * self.T
 
 
-_GENERATE = """
-import json, sys, time
-import caiman_dask as cd
-a = json.loads(sys.argv[1])
-t0 = time.perf_counter()
-cd.synthetic(dims=tuple(a["dims"]), T=a["T"], K=a["K"], seed=a["seed"], path=a["path"])
-print(f"synthetic data ready in {time.perf_counter() - t0:.1f} s", flush=True)
-"""
-
-
 def _proc_rss_file_bytes(pid: int) -> int | None:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
@@ -350,25 +340,41 @@ def _proc_rss_file_bytes(pid: int) -> int | None:
     return None
 
 
-def benchmark_model(spec: ModelSpec, data_dir: Path, *, progress_every: float = 15.0) -> Any:
-    """The synthetic model ``spec`` backed by CaImAn-format files under ``data_dir/spec.tag``.
+_GENERATE = """
+import json, sys, time
+import numpy as np
+import caiman_dask as cd
+a = json.loads(sys.argv[1])
+kw = a["kwargs"]
+if "dtype" in kw:
+    kw["dtype"] = np.dtype(kw["dtype"])
+kw["dims"] = tuple(kw["dims"])
+t0 = time.perf_counter()
+cd.synthetic(path=a["path"], **kw)
+print(f"synthetic data ready in {time.perf_counter() - t0:.1f} s", flush=True)
+"""
 
-    The files are written (or validated and reused) by :func:`caiman_dask.synthetic` in a child
-    process, so generating them does not count towards this process's peak RSS; while it runs,
-    progress is printed every ``progress_every`` seconds (the child's file-backed resident
-    memory approximates how much of the memmap it has written). Then the model is opened here
-    from the files (``synthetic`` reuses files written with the same arguments).
+
+def synthetic_model(kwargs: dict[str, Any], path: Path, *, progress_every: float = 15.0) -> Any:
+    """``cd.synthetic(path=path, **kwargs)``, files written (or reused) in a child first.
+
+    ``kwargs`` must be JSON-serialisable except ``dtype`` (passed as a NumPy dtype or its name).
+    Pass floats as floats (``ring_radius=9.0``): the reuse stamp compares ``repr`` of the args.
     """
     import caiman_dask as cd
 
-    path = Path(data_dir) / spec.tag
+    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps(
-        {"dims": list(spec.dims), "T": spec.T, "K": spec.K, "seed": spec.seed, "path": str(path)}
-    )
-    print(f"preparing data in {path} (movie {spec.movie_bytes / 1e9:.2f} GB) ...", flush=True)
+    kw = dict(kwargs)
+    if "dtype" in kw:
+        kw["dtype"] = np.dtype(kw["dtype"]).name
+    kw["dims"] = list(kw["dims"])
+    movie_bytes = 4 * math.prod(kwargs["dims"]) * int(kwargs["T"])
+    print(f"preparing data in {path} (movie {movie_bytes / 1e9:.2f} GB) ...", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", _GENERATE, payload])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _GENERATE, json.dumps({"kwargs": kw, "path": str(path)})]
+    )
     next_report = t0 + progress_every
     while proc.poll() is None:
         time.sleep(0.5)
@@ -378,16 +384,27 @@ def benchmark_model(spec: ModelSpec, data_dir: Path, *, progress_every: float = 
             done = (
                 ""
                 if rss is None
-                else (
-                    f", ~{min(rss, spec.movie_bytes) / 1e9:.2f} of {spec.movie_bytes / 1e9:.2f} GB "
-                    "of the movie written (child's file-backed RSS)"
-                )
+                else f", ~{min(rss, movie_bytes) / 1e9:.2f} of {movie_bytes / 1e9:.2f} GB written"
             )
             print(f"  ... {now - t0:.0f} s{done}", flush=True)
             next_report = now + progress_every
     if proc.returncode != 0:
         raise RuntimeError(f"generating the benchmark data failed (exit code {proc.returncode})")
-    return cd.synthetic(dims=spec.dims, T=spec.T, K=spec.K, seed=spec.seed, path=path)
+    real = dict(kwargs)
+    if "dtype" in real:
+        real["dtype"] = np.dtype(real["dtype"])
+    real["dims"] = tuple(real["dims"])
+    return cd.synthetic(path=path, **real)
+
+
+def benchmark_model(spec: ModelSpec, data_dir: Path, *, progress_every: float = 15.0) -> Any:
+    """The synthetic model ``spec`` backed by CaImAn-format files under ``data_dir/spec.tag``.
+
+    See :func:`synthetic_model`: the files are written (or validated and reused) in a child
+    process, so generating them does not count towards this process's peak RSS.
+    """
+    kwargs = {"dims": spec.dims, "T": spec.T, "K": spec.K, "seed": spec.seed}
+    return synthetic_model(kwargs, Path(data_dir) / spec.tag, progress_every=progress_every)
 
 
 def warm_page_cache(path: Path, block: int = 64 << 20) -> float:

@@ -5,7 +5,7 @@
 - :func:`run_measured_child`: run a Python snippet in a child process and sample its
   ``VmRSS`` / ``RssAnon`` / ``RssFile`` while it runs (peak RSS of one pass, free of whatever
   the parent allocated or mapped before);
-- :func:`synthetic_model`: like :func:`_common.benchmark_model` but for any
+- :func:`synthetic_model` (from :mod:`_common`, re-exported): like `benchmark_model` but for any
   :func:`caiman_dask.synthetic` keyword arguments (e.g. the CNMF-E ring model, float32
   factors): files written once in a child, with progress, then reused;
 - :func:`compare_images`: the error columns of the projection tables.
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import _proc_rss_file_bytes
+from _common import synthetic_model  # noqa: F401 - re-exported for bench_ring
 
 # ---------------------------------------------------------------------------------------------
 # Plain read of Y
@@ -132,63 +132,6 @@ a = json.loads(sys.argv[1])
 # ---------------------------------------------------------------------------------------------
 # Synthetic data with arbitrary keyword arguments
 # ---------------------------------------------------------------------------------------------
-
-_GENERATE = """
-import json, sys, time
-import numpy as np
-import caiman_dask as cd
-a = json.loads(sys.argv[1])
-kw = a["kwargs"]
-if "dtype" in kw:
-    kw["dtype"] = np.dtype(kw["dtype"])
-kw["dims"] = tuple(kw["dims"])
-t0 = time.perf_counter()
-cd.synthetic(path=a["path"], **kw)
-print(f"synthetic data ready in {time.perf_counter() - t0:.1f} s", flush=True)
-"""
-
-
-def synthetic_model(kwargs: dict[str, Any], path: Path, *, progress_every: float = 15.0) -> Any:
-    """``cd.synthetic(path=path, **kwargs)``, files written (or reused) in a child first.
-
-    ``kwargs`` must be JSON-serialisable except ``dtype`` (passed as a NumPy dtype or its name).
-    Pass floats as floats (``ring_radius=9.0``): the reuse stamp compares ``repr`` of the args.
-    """
-    import caiman_dask as cd
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    kw = dict(kwargs)
-    if "dtype" in kw:
-        kw["dtype"] = np.dtype(kw["dtype"]).name
-    kw["dims"] = list(kw["dims"])
-    movie_bytes = 4 * math.prod(kwargs["dims"]) * int(kwargs["T"])
-    print(f"preparing data in {path} (movie {movie_bytes / 1e9:.2f} GB) ...", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _GENERATE, json.dumps({"kwargs": kw, "path": str(path)})]
-    )
-    next_report = t0 + progress_every
-    while proc.poll() is None:
-        time.sleep(0.5)
-        now = time.perf_counter()
-        if now >= next_report:
-            rss = _proc_rss_file_bytes(proc.pid)
-            done = (
-                ""
-                if rss is None
-                else f", ~{min(rss, movie_bytes) / 1e9:.2f} of {movie_bytes / 1e9:.2f} GB written"
-            )
-            print(f"  ... {now - t0:.0f} s{done}", flush=True)
-            next_report = now + progress_every
-    if proc.returncode != 0:
-        raise RuntimeError(f"generating the benchmark data failed (exit code {proc.returncode})")
-    real = dict(kwargs)
-    if "dtype" in real:
-        real["dtype"] = np.dtype(real["dtype"])
-    real["dims"] = tuple(real["dims"])
-    return cd.synthetic(path=path, **real)
-
 
 # ---------------------------------------------------------------------------------------------
 # Image errors
