@@ -260,6 +260,9 @@ def to_zarr(
             f"shard_frames={shard_frames} must be a positive multiple of chunk_frames={cf}"
         )
     unit = shard_frames or cf
+    # compute the movies in write units: no rechunking, and blocks small enough that the
+    # allocator reuses their memory instead of faulting in fresh pages for every block
+    built = {n: _build_movie(model, n, components, traces, dtype, unit) for n in names}
     params = _json(
         {
             "layout": LAYOUT_VERSION,
@@ -383,14 +386,21 @@ def _available(model: CNMFModel, name: str) -> bool:
     return model.Y is not None
 
 
-def _build_movie(model: CNMFModel, name: str, components: Any, traces: str, dtype: Any) -> Any:
+def _build_movie(
+    model: CNMFModel,
+    name: str,
+    components: Any,
+    traces: str,
+    dtype: Any,
+    frame_chunk: int | None = None,
+) -> Any:
     from ._movies import rcb, rcm, residuals
 
     if name == "rcm":
-        return rcm(model, components, traces=traces)
+        return rcm(model, components, traces=traces, frame_chunk=frame_chunk)
     if name == "rcb":
-        return rcb(model)
-    return residuals(model)
+        return rcb(model, frame_chunk=frame_chunk)
+    return residuals(model, frame_chunk=frame_chunk)
 
 
 def _root_meta(model: CNMFModel, params: dict[str, Any], *, complete: bool) -> dict[str, Any]:
