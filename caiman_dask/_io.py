@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 import scipy.sparse
 from dask.base import tokenize
 
-from .errors import FileFormatError, OptionError, ShapeMismatchError
+from .errors import FileFormatError, OptionError
 
 __all__ = [
     "MovieSource",
@@ -802,15 +801,3 @@ def sparse_to_scipy(x: Any) -> scipy.sparse.csc_matrix:
     if hasattr(x, "to_scipy_sparse"):
         return scipy.sparse.csc_matrix(x.to_scipy_sparse())
     return scipy.sparse.csc_matrix(np.asarray(x))
-
-
-def ensure_mapping(x: Mapping[str, Any] | None) -> dict[str, Any]:
-    return dict(x) if x else {}
-
-
-_VALID_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def check_shape_2d(name: str, arr: Any) -> None:
-    if arr is not None and len(arr.shape) != 2:
-        raise ShapeMismatchError(f"{name} must be 2-D, got shape {tuple(arr.shape)}")
