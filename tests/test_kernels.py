@@ -1,0 +1,60 @@
+"""Block kernels against their plain NumPy twins (float64, 1e-12 of the data's scale)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from caiman_dask._kernels import frames, frames_reference, prepare_moments, residual_moments
+from caiman_dask.testing import assert_close_scaled
+
+
+def _problem(rng, n=7, P=300, K=9, nb=2):
+    A = scipy.sparse.random(P, K, density=0.1, random_state=rng, format="csc")
+    Ct = rng.normal(size=(n, K)) * 5
+    b = rng.normal(size=(P, nb)) if nb else None
+    ft = rng.normal(size=(n, nb)) if nb else None
+    Y = (rng.normal(size=(n, P)) * 3 + 500).astype(np.float32)
+    return A, Ct, b, ft, Y
+
+
+@pytest.mark.parametrize("nb", [0, 1, 2, 3])
+@pytest.mark.parametrize("with_y", [False, True])
+def test_frames_matches_reference(rng, nb, with_y):
+    A, Ct, b, ft, Y = _problem(rng, nb=nb)
+    y = Y if with_y else None
+    out = np.empty(Y.shape)
+    frames(out, A, Ct, b, ft, y)
+    assert_close_scaled(out, frames_reference(A, Ct, b, ft, y), rtol=1e-12)
+
+
+def test_frames_reads_transposed_movie_frames(rng):
+    A, Ct, b, ft, Y = _problem(rng, P=20 * 15)
+    # a frame-major memmap's frames are transposed views; the output is still C-ordered
+    Yt = np.ascontiguousarray(Y.reshape(-1, 20, 15).transpose(0, 2, 1)).transpose(0, 2, 1)
+    out = np.empty(Y.shape)
+    frames(out, A, Ct, b, ft, Yt)
+    assert_close_scaled(out, frames_reference(A, Ct, b, ft, Y), rtol=1e-12)
+
+
+@pytest.mark.parametrize("nb", [0, 2, 4])
+def test_residual_moments_matches_numpy(rng, nb):
+    A, Ct, b, ft, Y = _problem(rng, n=13, P=9000, nb=nb)  # > one 4096-pixel tile
+    Y[:, 5] = 7.0
+    r = frames_reference(A, Ct, b, ft, Y)
+    got = residual_moments(Y, prepare_moments(A, b), Ct, ft)
+    assert got["n"] == 13
+    assert_close_scaled(got["mean"], r.mean(0), rtol=1e-12)
+    assert_close_scaled(got["m2"], ((r - r.mean(0)) ** 2).sum(0), rtol=1e-10)
+    # the reference sums in another order (a dense product): equal to rounding
+    assert_close_scaled(got["min"], r.min(0), rtol=1e-12)
+    assert_close_scaled(got["max"], r.max(0), rtol=1e-12)
+
+
+def test_residual_moments_constant_pixel_has_zero_m2(rng):
+    A = scipy.sparse.csc_matrix((50, 3))
+    Y = np.full((6, 50), 1234.567, np.float32)
+    got = residual_moments(Y, prepare_moments(A, None), np.zeros((6, 3)), None)
+    assert not got["m2"].any()
+    np.testing.assert_array_equal(got["mean"], np.float64(np.float32(1234.567)))
