@@ -328,12 +328,29 @@ class MovieSource:
         Human-readable provenance (file path, layout).
     files
         Files the movie reads (for provenance records).
+    views
+        For a CaImAn memmap, its backend: blocks are zero-copy views of the file, so the movie
+        can be re-chunked for free (see :meth:`in_time_chunks`).
     """
 
     data: da.Array
     reader: Any
     description: str
     files: tuple[Path, ...] = ()
+    views: MemmapBackend | None = None
+
+    def in_time_chunks(self, chunks: tuple[int, ...]) -> da.Array | None:
+        """The movie in other time chunks, read straight from the file, when that is free.
+
+        Returns ``None`` unless blocks are zero-copy views of the file (CaImAn memmaps), where
+        any chunking costs nothing; other sources would copy, so callers keep ``data``.
+        """
+        if self.views is None:
+            return None
+        if tuple(chunks) == tuple(self.data.chunks[0]):
+            return self.data
+        name = f"{self.data.name}-t{tokenize(tuple(chunks))}"
+        return _from_backend(self.views, (tuple(chunks), *[(d,) for d in self.dims]), name)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -417,7 +434,11 @@ def _open_memmap(path: Path, frame_chunk: int | None) -> MovieSource:
     name = f"caiman-memmap-{tokenize(_file_identity(path), order, dims, T, frames)}"
     data = _from_backend(backend, (_time_chunks(T, frames), *[(d,) for d in dims]), name)
     return MovieSource(
-        data, _MemmapReader(backend), f"CaImAn memmap ({order} order) {path}", (path,)
+        data,
+        _MemmapReader(backend),
+        f"CaImAn memmap ({order} order) {path}",
+        (path,),
+        views=backend,
     )
 
 

@@ -40,6 +40,8 @@ _FRAME_BLOCK = 32
 #: the GIL); smaller ones run inline, where a thread hand-off would cost more than it saves.
 _PARALLEL_PIXELS = 4_000_000
 _POOL: ThreadPoolExecutor | None = None
+#: Time chunks per task of the fused residual-statistics pass when chunks are free file views.
+_STATS_GROUP = 8
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -368,15 +370,35 @@ def _residual_block_moments(
     y: np.ndarray, mop_C: Any, mop_F: Any, c: np.ndarray, f: np.ndarray | None, *, dims: tuple
 ) -> dict[str, Any]:
     """Mean / M2 / min / max of one block of residuals in one fused pass (never stored)."""
-    from ._kernels import residual_moments
+    from ._kernels import MomentsState
     from ._streaming import stats_to_c_order
 
     rows, fortran = _block_layout(y, dims)
-    ft = None if f is None else np.asarray(f).T
-    stats = residual_moments(rows, mop_F if fortran else mop_C, np.asarray(c).T, ft)
+    state = MomentsState(mop_F if fortran else mop_C)
+    state.update(rows, np.asarray(c).T, None if f is None else np.asarray(f).T)
     shape = dims[::-1] if fortran else dims
-    stats = {k: v if k == "n" else v.reshape(shape) for k, v in stats.items()}
+    stats = {k: v if k == "n" else v.reshape(shape) for k, v in state.result().items()}
     return stats_to_c_order(stats, dims) if fortran else stats
+
+
+def _clip_chunks(chunks: tuple[int, ...], start: int, stop: int) -> tuple[int, ...]:
+    """The parts of time chunks ``chunks`` inside frames ``start:stop`` (non-empty)."""
+    edges = np.concatenate([[0], np.cumsum(chunks)])
+    lo = np.clip(edges[:-1], start, stop)
+    hi = np.clip(edges[1:], start, stop)
+    return tuple(int(n) for n in hi - lo if n > 0)
+
+
+def _with_margins(chunks: tuple[int, ...], start: int, T: int) -> tuple[int, ...]:
+    """Chunks of a window starting at ``start`` padded to all ``T`` frames by one chunk before
+    and one after (when not empty)."""
+    tail = T - start - sum(chunks)
+    return ((start,) if start else ()) + chunks + ((tail,) if tail else ())
+
+
+def _group_chunks(chunks: tuple[int, ...], group: int) -> tuple[int, ...]:
+    """Consecutive runs of ``group`` chunks merged into one."""
+    return tuple(sum(chunks[i : i + group]) for i in range(0, len(chunks), group))
 
 
 def _residual_block_stats(
@@ -589,25 +611,49 @@ class Residuals(Movie):
             self._read_y(times, crop),
         )
 
-    def stats_parts(self, corr: bool) -> list[Any]:
-        """Per-time-chunk delayed statistics of the residuals, straight from ``Y``'s blocks.
+    def stats_parts(self, corr: bool, window: tuple[int, int] | None = None) -> list[Any]:
+        """Per-time-block delayed statistics of the residuals, straight from ``Y``'s blocks.
 
         Each task computes its residual block in the pixel order the movie's block arrives in
         (CaImAn's Fortran order for a frame-major memmap: no transpose at all) and reduces it
-        at once (:func:`caiman_dask._streaming.block_stats`); only the per-pixel statistics
-        are reordered, which is bitwise the same as reducing C-ordered frames.
+        at once; only the per-pixel statistics are reordered, which is bitwise the same as
+        reducing C-ordered frames. Without ``corr`` the fused kernel folds whole runs of
+        :data:`_STATS_GROUP` time chunks into one state when ``Y``'s blocks are free views
+        of its file (CaImAn memmaps), so few partial results need merging.
+
+        ``window``: frames ``start:stop`` only (default: all).
         """
         import dask
 
-        y = self._y_blocks()[0].to_delayed().ravel()
-        c = self._rcm.trace_blocks()[0].to_delayed().ravel()
+        T = self.model.T
+        start, stop = window if window is not None else (0, T)
+        inner = _clip_chunks(self.time_chunks, start, stop)
+        y_arr = None
+        if not corr and self.model.movie_source is not None:
+            grouped = _group_chunks(inner, _STATS_GROUP)
+            layout = _with_margins(grouped, start, T)
+            y_arr = self.model.movie_source.in_time_chunks(layout)
+        if y_arr is None:
+            layout = _with_margins(inner, start, T)
+            y = self.model.Y
+            assert y is not None
+            y_arr = y if tuple(y.chunks[0]) == layout else y.rechunk({0: layout})
+        first = 1 if start else 0
+        sel = slice(first, first + len(layout) - first - (1 if stop < T else 0))
+
+        def blocks(arr: da.Array) -> list[Any]:
+            return list(arr.to_delayed().ravel())[sel]
+
+        y = blocks(y_arr)
+        c = blocks(self._rcm.traces[self._rcm.idx].rechunk({0: -1, 1: layout}))
         ops = [self._rcm.footprint_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
+        f: list[Any] = [None] * len(y)
         if self._rcb is not None:
             ops += [self._rcb.background_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
-            f = list(self._rcb.f_blocks()[0].to_delayed().ravel())
+            assert self.model.f is not None
+            f = blocks(self.model.f.rechunk({0: -1, 1: layout}))
         else:
             ops += [None, None]
-            f = [None] * len(y)
         if not corr:  # the fused one-pass kernel, its operators prepared once per layout
             from ._kernels import prepare_moments
 

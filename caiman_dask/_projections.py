@@ -150,8 +150,8 @@ def whole_movie_stats_key(corr: bool) -> tuple[Any, bool]:
 def _stats_graph(mv: Movie, sel: Any, corr: bool) -> Any:
     """A delayed tree reduction of :func:`_streaming.block_stats` over the movie's blocks."""
     whole = isinstance(sel, slice) and sel == slice(None)
-    if whole and type(mv) is Residuals:
-        return _tree_merge(mv.stats_parts(corr))
+    if type(mv) is Residuals and isinstance(sel, slice):
+        return _tree_merge(mv.stats_parts(corr, None if whole else (sel.start, sel.stop)))
     data = mv.data if whole else mv.data[sel]
     return _stats_graph_of(data, corr)
 

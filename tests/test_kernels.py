@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from caiman_dask._kernels import frames, frames_reference, prepare_moments, residual_moments
+from caiman_dask._kernels import (
+    MomentsState,
+    frames,
+    frames_reference,
+    prepare_moments,
+    residual_moments,
+)
 from caiman_dask.testing import assert_close_scaled
 
 
@@ -58,3 +64,25 @@ def test_residual_moments_constant_pixel_has_zero_m2(rng):
     got = residual_moments(Y, prepare_moments(A, None), np.zeros((6, 3)), None)
     assert not got["m2"].any()
     np.testing.assert_array_equal(got["mean"], np.float64(np.float32(1234.567)))
+
+
+def test_moments_state_folds_blocks_like_one_pass(rng):
+    # 70 frames > the kernel's 32-frame sub-blocks, folded in as three uneven blocks
+    A, Ct, b, ft, Y = _problem(rng, n=70, P=5000, nb=2)
+    op = prepare_moments(A, b)
+    state = MomentsState(op)
+    for s, e in ((0, 3), (3, 40), (40, 70)):
+        state.update(Y[s:e], Ct[s:e], ft[s:e])
+    got = state.result()
+    r = frames_reference(A, Ct, b, ft, Y)
+    assert got["n"] == 70
+    assert_close_scaled(got["mean"], r.mean(0), rtol=1e-12)
+    assert_close_scaled(got["m2"], ((r - r.mean(0)) ** 2).sum(0), rtol=1e-10)
+    np.testing.assert_array_equal(got["min"], residual_moments(Y, op, Ct, ft)["min"])
+    np.testing.assert_array_equal(got["max"], residual_moments(Y, op, Ct, ft)["max"])
+
+
+def test_moments_state_without_frames_is_empty(rng):
+    A, _, b, _, _ = _problem(rng, P=40)
+    got = MomentsState(prepare_moments(A, b)).result()
+    assert got["n"] == 0 and not got["mean"].any()

@@ -266,3 +266,29 @@ def test_residual_pass_in_the_files_own_order(tmp_path, dims):
     fused = cd.project(cd.residuals(m), STATS)  # no corr: the fused kernel
     for k in STATS:
         assert_close_scaled(fused[k], generic[k], rtol=1e-12)
+
+
+def test_residual_windows_stream_grouped_views_of_a_memmap(tmp_path):
+    """Windows of a memmap-backed residual take the fused pass over runs of file views."""
+    from dask.callbacks import Callback
+
+    from caiman_dask._movies import _STATS_GROUP
+
+    m = cd.synthetic(dims=(21, 16), T=90, K=7, seed=4, path=tmp_path, frame_chunk=5)
+    dense = dense_reference(m, "residuals")
+    for window in (slice(None), slice(3, 77), slice(40, 41), slice(13, 90), slice(0, 12)):
+        res = cd.residuals(m)
+        tasks = []
+
+        def pretask(key, dsk, state, tasks=tasks):
+            if isinstance(key, str) and key.startswith("_residual_block_moments"):
+                tasks.append(key)
+
+        with Callback(pretask=pretask):
+            got = cd.project(res, STATS, frames=window)
+        ref = _brute(dense[window], STATS)
+        for k in STATS:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9)
+        start, stop, _ = window.indices(90)
+        first, last = start // 5, (stop - 1) // 5
+        assert len(tasks) == -(-(last - first + 1) // _STATS_GROUP)
