@@ -8,6 +8,7 @@ import scipy.sparse
 
 from caiman_dask._kernels import (
     MomentsState,
+    footprint_runs,
     frames,
     frames_reference,
     prepare_moments,
@@ -86,3 +87,18 @@ def test_moments_state_without_frames_is_empty(rng):
     A, _, b, _, _ = _problem(rng, P=40)
     got = MomentsState(prepare_moments(A, b)).result()
     assert got["n"] == 0 and not got["mean"].any()
+
+
+def test_footprint_runs_cover_every_entry_once(rng):
+    dense = scipy.sparse.random(400, 12, density=0.2, random_state=rng).toarray()
+    dense[50:60, 3] = 1.0  # a long run
+    A = scipy.sparse.csc_matrix(dense)
+    R = footprint_runs(A)
+    assert footprint_runs(A) is R  # kept on the matrix
+    rebuilt = np.zeros(A.shape)
+    for k in range(A.shape[1]):
+        for r in range(R.rptr[k], R.rptr[k + 1]):
+            s, o, n = R.start[r], R.off[r], R.length[r]
+            rebuilt[s : s + n, k] += R.data[o : o + n]
+    np.testing.assert_array_equal(rebuilt, A.toarray())
+    assert R.length.max() >= 10 and len(R.start) < A.nnz
