@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._buffers import release_buffers
 from ._compute import scheduler
 from ._io import MovieSource, open_movie, parse_memmap_name
 from ._model import CNMFModel, from_arrays, open_cnmf
@@ -64,6 +65,7 @@ __all__ = [
     "raw",
     "rcb",
     "rcm",
+    "release_buffers",
     "render_frame",
     "residuals",
     "save_movie",

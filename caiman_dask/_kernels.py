@@ -56,54 +56,97 @@ def _add_lowrank(o, b, f):  # pragma: no cover - compiled
             o[p] += acc
 
 
+#: Pixels per band of :func:`_add_runs` (a float64 band is 256 KiB: it stays in L2 while the
+#: footprints are added, and RCM frames are zeroed band by band in cache).
+_BAND = 32768
+
+
 @numba.njit(cache=True, nogil=True)
-def _add_runs(o, rptr, start, off, length, data, c, alpha):  # pragma: no cover - compiled
+def _add_runs(o, bptr, gcomp, gptr, start, off, length, data, c, alpha, zero):  # pragma: no cover
     """``o += alpha * A @ c`` with ``A`` as runs of consecutive pixels (see
-    :func:`footprint_runs`): each run is one contiguous, vectorisable multiply-add. Per pixel
-    the components are added in the same order as a CSC scatter, so results are identical."""
-    K = c.shape[0]
-    for k in range(K):
-        ck = c[k] * alpha
-        if ck != 0.0:
-            for r in range(rptr[k], rptr[k + 1]):
-                ot = o[start[r] : start[r] + length[r]]
-                dt = data[off[r] : off[r] + length[r]]
-                for i in range(length[r]):
-                    ot[i] += dt[i] * ck
+    :func:`footprint_runs`), band of pixels by band; ``zero``: set each band to 0 first.
+
+    Each run is one contiguous, vectorisable multiply-add. Within a band, components come in
+    order, so each pixel receives its components in the same order as a CSC scatter: results
+    are identical to it.
+    """
+    P = o.shape[0]
+    for band in range(len(bptr) - 1):
+        if zero:
+            ob = o[band * _BAND : min(P, (band + 1) * _BAND)]
+            for q in range(len(ob)):
+                ob[q] = 0.0
+        for g in range(bptr[band], bptr[band + 1]):
+            ck = c[gcomp[g]] * alpha
+            if ck != 0.0:
+                for r in range(gptr[g], gptr[g + 1]):
+                    ot = o[start[r] : start[r] + length[r]]
+                    dt = data[off[r] : off[r] + length[r]]
+                    for i in range(length[r]):
+                        ot[i] += dt[i] * ck
 
 
 @dataclass(frozen=True)
 class Runs:
-    """Footprints (CSC, rows = pixels) as runs of consecutive pixels, per component."""
+    """Footprints (CSC, rows = pixels) as runs of consecutive pixels, grouped by band of
+    pixels, then by component."""
 
-    rptr: np.ndarray  # int64 (K + 1,): each component's runs
+    bptr: np.ndarray  # int64 (n_bands + 1,): each band's groups
+    gcomp: np.ndarray  # int64: each group's component
+    gptr: np.ndarray  # int64 (n_groups + 1,): each group's runs
     start: np.ndarray  # int64: each run's first pixel
     off: np.ndarray  # int64: each run's first stored entry
     length: np.ndarray  # int64: each run's length
     data: np.ndarray  # the CSC's values
+
+    @property
+    def comp(self) -> np.ndarray:
+        """Each run's component."""
+        return np.repeat(self.gcomp, np.diff(self.gptr))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The kernel's arguments, in order."""
+        return self.bptr, self.gcomp, self.gptr, self.start, self.off, self.length, self.data
 
 
 def footprint_runs(A: scipy.sparse.csc_matrix) -> Runs:
     """``A``'s columns as runs of consecutive rows; computed once and kept on ``A``.
 
     Footprints are compact blobs, so a component of ~150 pixels is ~12 runs: the frame kernel
-    then does a few contiguous multiply-adds instead of ~150 scattered ones.
+    then does a few contiguous multiply-adds instead of ~150 scattered ones. Runs are split at
+    band boundaries (:data:`_BAND` pixels) and ordered by band, then component.
     """
     runs = A.__dict__.get("_caiman_dask_runs")
     if runs is not None:
         return runs
     if not A.has_sorted_indices:
         A = A.sorted_indices()
+    P, K = A.shape
     idx = A.indices.astype(np.int64)
     nnz = len(idx)
-    col = np.repeat(np.arange(A.shape[1]), np.diff(A.indptr))
+    col = np.repeat(np.arange(K, dtype=np.int64), np.diff(A.indptr))
+    band = idx // _BAND
     new = np.ones(nnz, bool)
     if nnz:
-        new[1:] = (idx[1:] != idx[:-1] + 1) | (col[1:] != col[:-1])
+        new[1:] = (idx[1:] != idx[:-1] + 1) | (col[1:] != col[:-1]) | (band[1:] != band[:-1])
     off = np.flatnonzero(new).astype(np.int64)
     length = np.diff(np.append(off, nnz)).astype(np.int64)
-    rptr = np.searchsorted(off, A.indptr.astype(np.int64)).astype(np.int64)
-    runs = Runs(rptr=rptr, start=idx[off], off=off, length=length, data=A.data)
+    order = np.lexsort((col[off], band[off]))  # by band, then component
+    off, length = off[order], length[order]
+    rband, rcomp = band[off], col[off]
+    first = np.ones(len(off), bool)  # first run of each (band, component) group
+    first[1:] = (rband[1:] != rband[:-1]) | (rcomp[1:] != rcomp[:-1])
+    g0 = np.flatnonzero(first)
+    n_bands = max(1, -(-P // _BAND))
+    runs = Runs(
+        bptr=np.searchsorted(rband[g0], np.arange(n_bands + 1)).astype(np.int64),
+        gcomp=rcomp[g0],
+        gptr=np.append(g0, len(off)).astype(np.int64),
+        start=idx[off],
+        off=off,
+        length=length,
+        data=A.data,
+    )
     A.__dict__["_caiman_dask_runs"] = runs
     return runs
 
@@ -175,18 +218,19 @@ def frames(
         A = A.astype(dt)
     R = footprint_runs(A)
     alpha = dt.type(1.0 if Y is None else -1.0)
+    zero = Y is None and not b.shape[1]  # RCM: zeroed band by band inside the kernel
     for t in range(n):
         o = out[t]
         if Y is None:
-            o.fill(0)
-            if b.shape[1]:
+            if not zero:
+                o.fill(0)
                 _add_lowrank(o, b, ft[t])
         else:
             # NumPy reorders a transposed (frame-major memmap) or strided (pixel-major memmap)
             # frame fastest in its own dtype; then one pass subtracts the background
             y = np.ascontiguousarray(Y[t]).reshape(-1)
             _set_minus_lowrank(o, y, b, ft[t])
-        _add_runs(o, R.rptr, R.start, R.off, R.length, R.data, Ct[t], alpha)
+        _add_runs(o, *R.arrays(), Ct[t], alpha, zero)
 
 
 #: Pixels per tile of :func:`_moments_update` (tile accumulators stay in L2).

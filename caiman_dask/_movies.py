@@ -19,6 +19,7 @@ import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
+from itertools import pairwise
 from typing import Any
 
 import dask.array as da
@@ -27,6 +28,7 @@ import scipy.sparse
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
+from . import _buffers
 from ._io import default_frame_chunk, sparse_to_scipy
 from ._kernels import c_to_f_permutation, frames
 from ._model import TRACE_NAMES, CNMFModel, Components
@@ -175,18 +177,26 @@ class Movie:
         """Frames ``times`` restricted to ``crop`` as ``(n, *crop.shape)`` in ``self.dtype``."""
         n = len(times)
         npix = math.prod(crop.shape)
-        out = np.empty((n, npix), self._dtype)
+        out = _buffers.empty((n, npix), self._dtype)  # large slices: recycled, pre-faulted
         workers = os.cpu_count() or 1
-        if workers > 1 and n > 1 and n * npix >= _PARALLEL_PIXELS:
-            step = min(_FRAME_BLOCK, -(-n // workers))
-        else:
-            step, workers = _FRAME_BLOCK, 1
-        blocks = [slice(s, min(n, s + step)) for s in range(0, n, step)]
-        if workers == 1:
-            for sl in blocks:
+        if not (workers > 1 and n > 1 and n * npix >= _PARALLEL_PIXELS):
+            workers = 1
+
+        def run(part: slice) -> None:
+            for s in range(part.start, part.stop, _FRAME_BLOCK):
+                sl = slice(s, min(part.stop, s + _FRAME_BLOCK))
                 self._fill(out[sl], times[sl], crop)
+
+        # equal shares, one per core (blocks of 32 would leave one core idle at the end)
+        edges = np.linspace(0, n, min(workers, n) + 1).round().astype(int)
+        parts = [slice(int(a), int(b)) for a, b in pairwise(edges)]
+        if len(parts) <= 1:
+            run(slice(0, n))
         else:
-            list(_pool().map(lambda sl: self._fill(out[sl], times[sl], crop), blocks))
+            futures = [_pool().submit(run, p) for p in parts[1:]]
+            run(parts[0])  # this thread takes a share too
+            for fut in futures:
+                fut.result()
         return out.reshape((n, *crop.shape))
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:

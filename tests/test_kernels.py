@@ -96,9 +96,22 @@ def test_footprint_runs_cover_every_entry_once(rng):
     R = footprint_runs(A)
     assert footprint_runs(A) is R  # kept on the matrix
     rebuilt = np.zeros(A.shape)
-    for k in range(A.shape[1]):
-        for r in range(R.rptr[k], R.rptr[k + 1]):
-            s, o, n = R.start[r], R.off[r], R.length[r]
-            rebuilt[s : s + n, k] += R.data[o : o + n]
+    for r in range(len(R.start)):
+        s, o, n = R.start[r], R.off[r], R.length[r]
+        rebuilt[s : s + n, R.comp[r]] += R.data[o : o + n]
     np.testing.assert_array_equal(rebuilt, A.toarray())
     assert R.length.max() >= 10 and len(R.start) < A.nnz
+
+
+def test_footprint_runs_split_at_bands(rng, monkeypatch):
+    import caiman_dask._kernels as kernels
+
+    monkeypatch.setattr(kernels, "_BAND", 64)  # (compiled kernels keep theirs; runs only)
+    dense = np.zeros((300, 3))
+    dense[60:70, 0] = 1.0  # crosses the band edge at 64
+    dense[10:20, 2] = 2.0
+    dense[100:140, 1] = 3.0
+    R = footprint_runs(scipy.sparse.csc_matrix(dense))
+    assert list(R.bptr) == [0, 2, 4, 5, 5, 5]  # groups: (0, 0) (0, 2) (1, 0) (1, 1) (2, 1)
+    runs = [(int(a), int(b), int(c)) for a, b, c in zip(R.start, R.length, R.comp, strict=True)]
+    assert runs == [(60, 4, 0), (10, 10, 2), (64, 6, 0), (100, 28, 1), (128, 12, 1)]
