@@ -5,7 +5,9 @@ movie Y a float32 frame-major CaImAn memmap on disk) this prints the median late
 ``rcm[t]``, ``rcb[t]``, ``res[t]`` and of 100-frame slices ``[t:t+100]``, beside
 
 - the floor: ``A_csc @ C[:, t]`` (SciPy sparse matrix × one column of C; no reshaping), and for
-  slices also ``np.full((100, *dims), 1.0)``: allocating and writing 100 fresh frames,
+  slices also ``np.full((100, *dims), 1.0)``: allocating and writing 100 fresh frames, and
+  overwriting 100 frames already mapped on all cores (what a slice costs at least when its
+  output buffer is recycled, as ours are: see ``caiman_dask/_buffers.py``),
 - naive dask: ``rcm.data[t].compute()`` (and the same for rcb / residuals),
 - mesmerize-core's ``LazyArrayRCM`` / ``LazyArrayRCB`` / ``LazyArrayResiduals``, constructed as
   its ``get_rcm`` / ``get_rcb`` / ``get_residuals`` do, both as returned (Fortran-ordered
@@ -30,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,9 +176,18 @@ def run_section(
         "rcb[t]": _measure(lambda t: b @ f[:, t], ts, fr, budget),
         "rcm[t:t+100]": _measure(lambda t: A @ C[:, sl(t)], starts, sr, budget),
     }
-    # Memory floor of any 100-frame slice that returns a fresh array: allocate and write it.
+    # Memory floors of a 100-frame slice: allocate and write a fresh array; or overwrite one
+    # already mapped (what a recycled output buffer costs), split over all cores as ours is.
     shape = (SLICE, *model.dims)
     mem_floor = _measure(lambda t: np.full(shape, 1.0, dtype), starts, sr, budget)
+    parts = np.array_split(np.ones(shape, dtype), os.cpu_count() or 1)  # views, mapped
+    with ThreadPoolExecutor(len(parts)) as ex:
+
+        def overwrite(t: int, parts: list[np.ndarray] = parts) -> None:
+            list(ex.map(lambda part: part.fill(float(t)), parts))
+
+        mapped_floor = _measure(overwrite, starts, sr, budget)
+    del parts
 
     naive_t: dict[str, Timing] = {}
     if naive:
@@ -249,6 +261,9 @@ def run_section(
             fps = SLICE / (o / 1e3)
             entries.append(("(absolute)", None, f">= {SLICE_FPS:,.0f} fr/s", fps >= SLICE_FPS, ""))
             entries.append(("floor np.full((100, *dims), 1.0) (memory)", mem_floor, "", None, ""))
+            entries.append(
+                ("floor overwrite 100 mapped frames, all cores", mapped_floor, "", None, "")
+            )
         if op in floor:
             fl = floor[op]
             if op == "rcm[t]":

@@ -16,6 +16,7 @@ and only requests of at least :data:`MIN_BYTES`; :func:`release_buffers` empties
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -53,8 +54,8 @@ def _free(buffers: list[np.ndarray], nbytes: int) -> int:
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous array, from a recycled buffer when it is large."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if not _ENABLED or nbytes < MIN_BYTES or nbytes > MAX_BYTES:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MIN_BYTES or nbytes > MAX_BYTES or not _ENABLED:
         return np.empty(shape, dtype)
     with _lock:
         i = _free(_buffers, nbytes)

@@ -216,21 +216,23 @@ def frames(
     Ct = np.ascontiguousarray(Ct, dtype=dt)
     if A.data.dtype != dt:
         A = A.astype(dt)
-    R = footprint_runs(A)
+    runs = footprint_runs(A).arrays() if A.nnz else None
     alpha = dt.type(1.0 if Y is None else -1.0)
-    zero = Y is None and not b.shape[1]  # RCM: zeroed band by band inside the kernel
+    zero = Y is None and not b.shape[1] and runs is not None  # RCM: zeroed band by band
     for t in range(n):
         o = out[t]
         if Y is None:
             if not zero:
                 o.fill(0)
-                _add_lowrank(o, b, ft[t])
+                if b.shape[1]:
+                    _add_lowrank(o, b, ft[t])
         else:
             # NumPy reorders a transposed (frame-major memmap) or strided (pixel-major memmap)
             # frame fastest in its own dtype; then one pass subtracts the background
             y = np.ascontiguousarray(Y[t]).reshape(-1)
             _set_minus_lowrank(o, y, b, ft[t])
-        _add_runs(o, *R.arrays(), Ct[t], alpha, zero)
+        if runs is not None:
+            _add_runs(o, *runs, Ct[t], alpha, zero)
 
 
 #: Pixels per tile of :func:`_moments_update` (tile accumulators stay in L2).

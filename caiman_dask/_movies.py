@@ -42,6 +42,7 @@ _FRAME_BLOCK = 32
 #: the GIL); smaller ones run inline, where a thread hand-off would cost more than it saves.
 _PARALLEL_PIXELS = 4_000_000
 _POOL: ThreadPoolExecutor | None = None
+_CORES = os.cpu_count() or 1
 #: Time chunks per task of the fused residual-statistics pass when chunks are free file views.
 _STATS_GROUP = 8
 
@@ -49,9 +50,7 @@ _STATS_GROUP = 8
 def _pool() -> ThreadPoolExecutor:
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1, thread_name_prefix="caiman-dask-frames"
-        )
+        _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="caiman-dask-frames")
     return _POOL
 
 
@@ -178,9 +177,11 @@ class Movie:
         n = len(times)
         npix = math.prod(crop.shape)
         out = _buffers.empty((n, npix), self._dtype)  # large slices: recycled, pre-faulted
-        workers = os.cpu_count() or 1
-        if not (workers > 1 and n > 1 and n * npix >= _PARALLEL_PIXELS):
-            workers = 1
+        if _CORES == 1 or n < 2 or n * npix < _PARALLEL_PIXELS:
+            for s in range(0, n, _FRAME_BLOCK):
+                sl = slice(s, min(n, s + _FRAME_BLOCK))
+                self._fill(out[sl], times[sl], crop)
+            return out.reshape((n, *crop.shape))
 
         def run(part: slice) -> None:
             for s in range(part.start, part.stop, _FRAME_BLOCK):
@@ -188,15 +189,12 @@ class Movie:
                 self._fill(out[sl], times[sl], crop)
 
         # equal shares, one per core (blocks of 32 would leave one core idle at the end)
-        edges = np.linspace(0, n, min(workers, n) + 1).round().astype(int)
+        edges = np.linspace(0, n, min(_CORES, n) + 1).round().astype(int)
         parts = [slice(int(a), int(b)) for a, b in pairwise(edges)]
-        if len(parts) <= 1:
-            run(slice(0, n))
-        else:
-            futures = [_pool().submit(run, p) for p in parts[1:]]
-            run(parts[0])  # this thread takes a share too
-            for fut in futures:
-                fut.result()
+        futures = [_pool().submit(run, p) for p in parts[1:]]
+        run(parts[0])  # this thread takes a share too
+        for fut in futures:
+            fut.result()
         return out.reshape((n, *crop.shape))
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
