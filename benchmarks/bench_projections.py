@@ -429,8 +429,8 @@ def residual_breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
         _line("  for comparison, viewer fast path res[t0:t1] (transposes Y):", tot["fast"] * s),
         _line(
             "  the fused pass's work (cd.project without corr: the kernel on the file's own "
-            "view, one chunk per call; the pass folds 8 chunks per task, which halves the "
-            "per-call cost of fresh accumulators and reordered statistics):",
+            "view, one chunk per call; the pass folds 8 chunks per task, amortising the "
+            "per-call fresh accumulators and reordered statistics):",
             tot["fused"] * s,
         ),
     ]
