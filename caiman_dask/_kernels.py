@@ -335,29 +335,13 @@ def _moments_update(
                 mn = lo_t[q]
                 mx = hi_t[q]
                 v = ya[q] - (bq0 * fa0 + bq1 * fa1) - ea[q]
-                d = v - shq
-                u1 += d
-                u2 += d * d
-                mn = v if v < mn else mn
-                mx = v if v > mx else mx
+                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
                 v = yb[q] - (bq0 * fb0 + bq1 * fb1) - eb[q]
-                d = v - shq
-                u1 += d
-                u2 += d * d
-                mn = v if v < mn else mn
-                mx = v if v > mx else mx
+                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
                 v = yc[q] - (bq0 * fc0 + bq1 * fc1) - ec[q]
-                d = v - shq
-                u1 += d
-                u2 += d * d
-                mn = v if v < mn else mn
-                mx = v if v > mx else mx
+                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
                 v = yd[q] - (bq0 * fd0 + bq1 * fd1) - ed[q]
-                d = v - shq
-                u1 += d
-                u2 += d * d
-                mn = v if v < mn else mn
-                mx = v if v > mx else mx
+                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
                 s1_t[q] = u1
                 s2_t[q] = u2
                 lo_t[q] = mn
@@ -377,6 +361,13 @@ def _moments_update(
                 lo_t[q] = v if v < lo_t[q] else lo_t[q]
                 hi_t[q] = v if v > hi_t[q] else hi_t[q]
             t += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fold(v, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
+    """One residual ``v`` folded into a pixel's shifted sums, minimum and maximum."""
+    d = v - sh
+    return s1 + d, s2 + d * d, (v if v < lo else lo), (v if v > hi else hi)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
