@@ -294,72 +294,66 @@ def _moments_update(
             for q in range(w):
                 e[q] = 0.0
         t = 0
-        if first:
-            _fill_extra(ex[0], bT, ft, AC, cov_t, p0, p1, t)
-            e = ex[0]
-            yt = y[t, p0:p1]
-            f0 = ft[t, 0]
-            f1 = ft[t, 1]
-            for q in range(w):
-                v = yt[q] - (b0[q] * f0 + b1[q] * f1) - e[q]
-                sh_t[q] = v
-                lo_t[q] = v
-                hi_t[q] = v
-                s1_t[q] = 0.0
-                s2_t[q] = 0.0
-            t = 1
-        # four frames per sweep: the accumulators are loaded and stored once per four
-        # frames and updated in registers in frame order (the same arithmetic, in the same
-        # order, as one frame at a time)
-        while t + 4 <= n:
-            for g in range(4):
-                _fill_extra(ex[g], bT, ft, AC, cov_t, p0, p1, t + g)
-            ya = y[t, p0:p1]
-            yb = y[t + 1, p0:p1]
-            yc = y[t + 2, p0:p1]
-            yd = y[t + 3, p0:p1]
-            ea = ex[0]
-            eb = ex[1]
-            ec = ex[2]
-            ed = ex[3]
-            fa0, fa1 = ft[t, 0], ft[t, 1]
-            fb0, fb1 = ft[t + 1, 0], ft[t + 1, 1]
-            fc0, fc1 = ft[t + 2, 0], ft[t + 2, 1]
-            fd0, fd1 = ft[t + 3, 0], ft[t + 3, 1]
-            for q in range(w):
-                bq0 = b0[q]
-                bq1 = b1[q]
-                shq = sh_t[q]
-                u1 = s1_t[q]
-                u2 = s2_t[q]
-                mn = lo_t[q]
-                mx = hi_t[q]
-                v = ya[q] - (bq0 * fa0 + bq1 * fa1) - ea[q]
-                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
-                v = yb[q] - (bq0 * fb0 + bq1 * fb1) - eb[q]
-                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
-                v = yc[q] - (bq0 * fc0 + bq1 * fc1) - ec[q]
-                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
-                v = yd[q] - (bq0 * fd0 + bq1 * fd1) - ed[q]
-                u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
-                s1_t[q] = u1
-                s2_t[q] = u2
-                lo_t[q] = mn
-                hi_t[q] = mx
-            t += 4
         while t < n:
+            if t + 4 <= n and not (first and t == 0):
+                # four frames per sweep: the accumulators are loaded and stored once per four
+                # frames and updated in registers in frame order (the same arithmetic, in the same
+                # order, as one frame at a time)
+                for g in range(4):
+                    _fill_extra(ex[g], bT, ft, AC, cov_t, p0, p1, t + g)
+                ya = y[t, p0:p1]
+                yb = y[t + 1, p0:p1]
+                yc = y[t + 2, p0:p1]
+                yd = y[t + 3, p0:p1]
+                ea = ex[0]
+                eb = ex[1]
+                ec = ex[2]
+                ed = ex[3]
+                fa0, fa1 = ft[t, 0], ft[t, 1]
+                fb0, fb1 = ft[t + 1, 0], ft[t + 1, 1]
+                fc0, fc1 = ft[t + 2, 0], ft[t + 2, 1]
+                fd0, fd1 = ft[t + 3, 0], ft[t + 3, 1]
+                for q in range(w):
+                    bq0 = b0[q]
+                    bq1 = b1[q]
+                    shq = sh_t[q]
+                    u1 = s1_t[q]
+                    u2 = s2_t[q]
+                    mn = lo_t[q]
+                    mx = hi_t[q]
+                    v = ya[q] - (bq0 * fa0 + bq1 * fa1) - ea[q]
+                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    v = yb[q] - (bq0 * fb0 + bq1 * fb1) - eb[q]
+                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    v = yc[q] - (bq0 * fc0 + bq1 * fc1) - ec[q]
+                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    v = yd[q] - (bq0 * fd0 + bq1 * fd1) - ed[q]
+                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    s1_t[q] = u1
+                    s2_t[q] = u2
+                    lo_t[q] = mn
+                    hi_t[q] = mx
+                t += 4
+                continue
             _fill_extra(ex[0], bT, ft, AC, cov_t, p0, p1, t)
             e = ex[0]
             yt = y[t, p0:p1]
             f0 = ft[t, 0]
             f1 = ft[t, 1]
-            for q in range(w):
-                v = yt[q] - (b0[q] * f0 + b1[q] * f1) - e[q]
-                d = v - sh_t[q]
-                s1_t[q] += d
-                s2_t[q] += d * d
-                lo_t[q] = v if v < lo_t[q] else lo_t[q]
-                hi_t[q] = v if v > hi_t[q] else hi_t[q]
+            if first and t == 0:
+                for q in range(w):
+                    v = yt[q] - (b0[q] * f0 + b1[q] * f1) - e[q]
+                    sh_t[q] = v
+                    lo_t[q] = v
+                    hi_t[q] = v
+                    s1_t[q] = 0.0
+                    s2_t[q] = 0.0
+            else:
+                for q in range(w):
+                    v = yt[q] - (b0[q] * f0 + b1[q] * f1) - e[q]
+                    s1_t[q], s2_t[q], lo_t[q], hi_t[q] = _fold(
+                        v, sh_t[q], s1_t[q], s2_t[q], lo_t[q], hi_t[q]
+                    )
             t += 1
 
 
