@@ -177,17 +177,15 @@ class Movie:
         n = len(times)
         npix = math.prod(crop.shape)
         out = _buffers.empty((n, npix), self._dtype)  # large slices: recycled, pre-faulted
-        if _CORES == 1 or n < 2 or n * npix < _PARALLEL_PIXELS:
-            for s in range(0, n, _FRAME_BLOCK):
-                sl = slice(s, min(n, s + _FRAME_BLOCK))
-                self._fill(out[sl], times[sl], crop)
-            return out.reshape((n, *crop.shape))
 
         def run(part: slice) -> None:
             for s in range(part.start, part.stop, _FRAME_BLOCK):
                 sl = slice(s, min(part.stop, s + _FRAME_BLOCK))
                 self._fill(out[sl], times[sl], crop)
 
+        if _CORES == 1 or n < 2 or n * npix < _PARALLEL_PIXELS:
+            run(slice(0, n))
+            return out.reshape((n, *crop.shape))
         # equal shares, one per core (blocks of 32 would leave one core idle at the end)
         edges = np.linspace(0, n, min(_CORES, n) + 1).round().astype(int)
         parts = [slice(int(a), int(b)) for a, b in pairwise(edges)]
@@ -491,9 +489,10 @@ class RCM(Movie):
         op = _op_array(name, _prepare_footprints, m.A, self.idx, m.dims, self._dtype, order)
         return op, "z"
 
-    def trace_blocks(self) -> tuple[da.Array, str]:
-        """The selected traces in this movie's time chunks, with their blockwise index."""
-        return self.traces[self.idx].rechunk({0: -1, 1: self.time_chunks}), "kt"
+    def trace_blocks(self, chunks: tuple[int, ...] | None = None) -> tuple[da.Array, str]:
+        """The selected traces in time chunks ``chunks`` (default: this movie's), with their
+        blockwise index."""
+        return self.traces[self.idx].rechunk({0: -1, 1: chunks or self.time_chunks}), "kt"
 
     def _build_dask(self) -> da.Array:
         m = self.model
@@ -566,10 +565,10 @@ class RCB(Movie):
         name = f"rcb-b-{tokenize(m.b.name, m.dims, self._dtype, order)}"
         return _op_array(name, _prepare_b_blocks, m.b, m.dims, self._dtype, order), "w"
 
-    def f_blocks(self) -> tuple[da.Array, str]:
-        """``f`` in this movie's time chunks, with its blockwise index."""
+    def f_blocks(self, chunks: tuple[int, ...] | None = None) -> tuple[da.Array, str]:
+        """``f`` in time chunks ``chunks`` (default: this movie's), with its blockwise index."""
         assert self.model.f is not None
-        return self.model.f.rechunk({0: -1, 1: self.time_chunks}), "nt"
+        return self.model.f.rechunk({0: -1, 1: chunks or self.time_chunks}), "nt"
 
     def _build_dask(self) -> da.Array:
         m = self.model
@@ -646,20 +645,18 @@ class Residuals(Movie):
             y = self.model.Y
             assert y is not None
             y_arr = y if tuple(y.chunks[0]) == layout else y.rechunk({0: layout})
-        first = 1 if start else 0
-        sel = slice(first, first + len(layout) - first - (1 if stop < T else 0))
+        sel = slice(1 if start else 0, len(layout) - (1 if stop < T else 0))  # drop margins
 
         def blocks(arr: da.Array) -> list[Any]:
             return list(arr.to_delayed().ravel())[sel]
 
         y = blocks(y_arr)
-        c = blocks(self._rcm.traces[self._rcm.idx].rechunk({0: -1, 1: layout}))
+        c = blocks(self._rcm.trace_blocks(layout)[0])
         ops = [self._rcm.footprint_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
         f: list[Any] = [None] * len(y)
         if self._rcb is not None:
             ops += [self._rcb.background_op(o)[0].to_delayed().ravel()[0] for o in ("C", "F")]
-            assert self.model.f is not None
-            f = blocks(self.model.f.rechunk({0: -1, 1: layout}))
+            f = blocks(self._rcb.f_blocks(layout)[0])
         else:
             ops += [None, None]
         if not corr:  # the fused one-pass kernel, its operators prepared once per layout
