@@ -479,10 +479,7 @@ def residual_section(
     read()
 
     # the two passes sum in different orders (fused kernel vs block statistics and merges)
-    def rel(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.max(np.abs(a - b))) / max(1e-300, float(np.max(np.abs(b))))
-
-    diffs = {k: rel(img[k], img_c[k]) for k in KINDS4}
+    diffs = {k: compare_images(img[k], img_c[k]).rel for k in KINDS4}
     notes.append(
         "residual images with and without corr (two different passes), max |diff| / max |value|: "
         + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
