@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 import scipy.sparse
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 __all__ = [
     "MomentsOperator",
@@ -23,7 +26,10 @@ __all__ = [
     "footprint_runs",
     "frames",
     "frames_reference",
+    "fused",
+    "n_bands",
     "prepare_moments",
+    "residual_bands",
     "residual_moments",
 ]
 
@@ -176,6 +182,176 @@ def _set_minus_lowrank(o, y, b, f):  # pragma: no cover - compiled
             o[p] = y[p] - acc
 
 
+@intrinsic
+def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - compiled
+    """``dst[d0 + c * ds + r] = src[s0 + r * ss + c]`` for ``r, c < 8``: one 8 × 8 block.
+
+    Eight vector loads, the classic three-stage shuffle network (pairs, quads, halves), eight
+    vector stores, with the conversion to ``dst``'s dtype done on whole vectors. Numba's scalar
+    loops cannot emit shuffles; LLVM lowers these to the machine's own (AVX, SSE, NEON).
+    ``src`` / ``dst``: 1D contiguous float arrays; offsets and strides in elements; no bounds
+    checks (the caller guarantees the block is inside both arrays).
+    """
+    sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        src_ty, _, _, dst_ty, _, _ = signature.args
+        src_v, s0_v, ss_v, dst_v, d0_v, ds_v = args
+        src_p = cgutils.create_struct_proxy(src_ty)(context, builder, value=src_v).data
+        dst_p = cgutils.create_struct_proxy(dst_ty)(context, builder, value=dst_v).data
+        s_el = context.get_data_type(src_ty.dtype)
+        d_el = context.get_data_type(dst_ty.dtype)
+        s_vec, d_vec = ir.VectorType(s_el, 8), ir.VectorType(d_el, 8)
+
+        def at(base, off, stride, k, vec):
+            pos = builder.add(off, builder.mul(stride, ir.Constant(stride.type, k)))
+            return builder.bitcast(builder.gep(base, [pos]), vec.as_pointer())
+
+        def shuffle(a, b, idx):
+            return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), idx))
+
+        rows = [builder.load(at(src_p, s0_v, ss_v, r, s_vec), align=1) for r in range(8)]
+        lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+        pairs = []
+        for k in range(0, 8, 2):
+            pairs += [shuffle(rows[k], rows[k + 1], lo), shuffle(rows[k], rows[k + 1], hi)]
+        lo2, hi2 = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        quads = []
+        for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):
+            quads += [shuffle(pairs[a], pairs[b], lo2), shuffle(pairs[a], pairs[b], hi2)]
+        cols = [shuffle(quads[k], quads[k + 4], [0, 1, 2, 3, 8, 9, 10, 11]) for k in range(4)]
+        cols += [shuffle(quads[k], quads[k + 4], [4, 5, 6, 7, 12, 13, 14, 15]) for k in range(4)]
+        wider = d_el.get_abi_size(context.target_data) > s_el.get_abi_size(context.target_data)
+        for c, v in enumerate(cols):
+            if s_el != d_el:
+                v = builder.fpext(v, d_vec) if wider else builder.fptrunc(v, d_vec)
+            builder.store(v, at(dst_p, d0_v, ds_v, c, d_vec), align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _copy_rows(o, y, transposed, h, w, p0, p1):  # pragma: no cover - compiled
+    """``o[p] = frame[p]`` for C-order pixels ``p0 <= p < p1`` of an ``h × w`` frame stored
+    flat in ``y``: in C order, or transposed (``y[j * h + i]`` is pixel ``(i, j)``)."""
+    if not transposed:
+        for p in range(p0, p1):
+            o[p] = y[p]
+        return
+    ra = min(-(-p0 // w), p1 // w)  # first full row; rows ra:rb are whole, the rest partial
+    rb = p1 // w
+    for p in range(p0, min(p1, ra * w)):  # the band's first, partial row
+        o[p] = y[(p % w) * h + p // w]
+    i0 = ra
+    while i0 + 8 <= rb:  # 8 × 8 blocks
+        j0 = 0
+        while j0 + 8 <= w:
+            _transpose8(y, j0 * h + i0, h, o, i0 * w + j0, w)
+            j0 += 8
+        for i in range(i0, i0 + 8):
+            for j in range(j0, w):
+                o[i * w + j] = y[j * h + i]
+        i0 += 8
+    for i in range(i0, rb):
+        for j in range(w):
+            o[i * w + j] = y[j * h + i]
+    for p in range(max(p0, rb * w), p1):  # the band's last, partial row
+        o[p] = y[(p % w) * h + p // w]
+
+
+@numba.njit(cache=True, nogil=True)
+def _residual_bands(
+    out, y, transposed, h, w, b, ft, bptr, gcomp, gptr, start, off, length, data, Ct, band0, band1
+):  # pragma: no cover - compiled
+    """``out[t] = Y[t] - b @ ft[t] - A @ Ct[t]`` for ``h × w`` frames, pixel bands
+    ``band0:band1``.
+
+    ``out`` is ``(n, h * w)`` in C pixel order; ``y`` is ``(n, h * w)``, each frame in C order
+    or ``transposed`` (a frame-major CaImAn memmap: Fortran pixel order). Band by band
+    (:data:`_BAND` pixels, as in :func:`footprint_runs`), frames inside: a band of a frame is
+    copied in (transposed 8 × 8 blocks at a time), the background subtracted in one contiguous
+    sweep (the band's rows of ``b`` serve all frames), then the band's footprint runs are
+    subtracted while it is still in cache. Per pixel the arithmetic is that of :func:`frames`.
+    """
+    n = y.shape[0]
+    P = h * w
+    for band in range(band0, band1):
+        p0 = band * _BAND
+        p1 = min(P, p0 + _BAND)
+        bb = b[p0:p1]
+        for t in range(n):
+            o = out[t]
+            ob = o[p0:p1]
+            _copy_rows(o, y[t], transposed, h, w, p0, p1)
+            if bb.shape[1]:
+                _add_lowrank(ob, bb, -ft[t])  # o - (b f), rounded exactly as y - (b f)
+            c = Ct[t]
+            for g in range(bptr[band], bptr[band + 1]):
+                ck = -c[gcomp[g]]
+                if ck != 0.0:
+                    for r in range(gptr[g], gptr[g + 1]):
+                        ot = o[start[r] : start[r] + length[r]]
+                        dt = data[off[r] : off[r] + length[r]]
+                        for q in range(length[r]):
+                            ot[q] += dt[q] * ck
+
+
+def n_bands(npix: int) -> int:
+    """Bands of :data:`_BAND` pixels in a frame of ``npix`` pixels."""
+    return max(1, -(-npix // _BAND))
+
+
+def fused(Y: np.ndarray, npix: int) -> bool:
+    """Whether :func:`residual_bands` takes movie frames ``Y``: ``(n, h, w)`` 2D frames of
+    ``npix`` pixels, stored frame after frame in C or Fortran pixel order (a frame-major memmap;
+    not a pixel-major one, whose frames are strided)."""
+    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y):
+        return False
+    return Y.flags.c_contiguous or Y.transpose(0, 2, 1).flags.c_contiguous
+
+
+def _operands(
+    dt: np.dtype,
+    npix: int,
+    n: int,
+    A: scipy.sparse.csc_matrix,
+    Ct: np.ndarray,
+    b: np.ndarray | None,
+    ft: np.ndarray | None,
+) -> tuple[scipy.sparse.csc_matrix, np.ndarray, np.ndarray, np.ndarray]:
+    """The frame kernels' operands in dtype ``dt`` (no background: zero columns)."""
+    if b is None or ft is None:
+        b = np.zeros((npix, 0), dt)
+        ft = np.zeros((n, 0), dt)
+    b = np.ascontiguousarray(b, dtype=dt)
+    ft = np.ascontiguousarray(ft, dtype=dt)
+    Ct = np.ascontiguousarray(Ct, dtype=dt)
+    if A.data.dtype != dt:
+        A = A.astype(dt)
+    return A, Ct, b, ft
+
+
+def residual_bands(
+    out: np.ndarray,
+    A: scipy.sparse.csc_matrix,
+    Ct: np.ndarray,
+    b: np.ndarray | None,
+    ft: np.ndarray | None,
+    Y: np.ndarray,
+    bands: range,
+) -> None:
+    """:func:`frames` with a movie whose frames pass :func:`fused`, for pixel bands ``bands``
+    only (bands are independent: threads can share one frame)."""
+    n, npix = out.shape
+    A, Ct, b, ft = _operands(out.dtype, npix, n, A, Ct, b, ft)
+    h, w = Y.shape[1:]
+    transposed = not Y.flags.c_contiguous
+    y = (Y.transpose(0, 2, 1) if transposed else Y).reshape(n, npix)  # no copy (see fused)
+    runs = footprint_runs(A).arrays()
+    _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, bands.start, bands.stop)
+
+
 def frames(
     out: np.ndarray,
     A: scipy.sparse.csc_matrix,
@@ -189,6 +365,9 @@ def frames(
     Frame by frame, so each output frame is initialised and accumulated while it sits in
     cache: the movie (or zeros) first, then the low-rank term as an explicit multiply-add, then
     the footprints of the non-zero traces scattered in (CSC columns, rows = pixels in C order).
+    2D movie frames stored frame by frame (C order, or a frame-major memmap's Fortran order; see
+    :func:`fused`) take :func:`residual_bands` instead: band by band, with the movie's frames
+    reordered in cache as they are read, and bitwise the same results.
 
     Parameters
     ----------
@@ -207,15 +386,11 @@ def frames(
     n, npix = out.shape
     if n == 0:
         return
+    if Y is not None and fused(Y, npix):
+        residual_bands(out, A, Ct, b, ft, Y, range(n_bands(npix)))
+        return
     dt = out.dtype
-    if b is None or ft is None:
-        b = np.zeros((npix, 0), dt)
-        ft = np.zeros((n, 0), dt)
-    b = np.ascontiguousarray(b, dtype=dt)
-    ft = np.ascontiguousarray(ft, dtype=dt)
-    Ct = np.ascontiguousarray(Ct, dtype=dt)
-    if A.data.dtype != dt:
-        A = A.astype(dt)
+    A, Ct, b, ft = _operands(dt, npix, n, A, Ct, b, ft)
     runs = footprint_runs(A).arrays() if A.nnz else None
     alpha = dt.type(1.0 if Y is None else -1.0)
     zero = Y is None and not b.shape[1] and runs is not None  # RCM: zeroed band by band

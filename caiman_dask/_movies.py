@@ -30,7 +30,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import _buffers
 from ._io import default_frame_chunk, sparse_to_scipy
-from ._kernels import c_to_f_permutation, frames
+from ._kernels import c_to_f_permutation, frames, fused, n_bands, residual_bands
 from ._model import TRACE_NAMES, CNMFModel, Components
 from .errors import ComponentError, EmptyComponentsWarning, OptionError, ShapeMismatchError
 
@@ -41,6 +41,9 @@ _FRAME_BLOCK = 32
 #: Requests of at least this many output pixels are split across threads (the kernels release
 #: the GIL); smaller ones run inline, where a thread hand-off would cost more than it saves.
 _PARALLEL_PIXELS = 4_000_000
+#: Frames of at least this many bands (``_kernels._BAND`` pixels) are shared by the cores when a
+#: request has fewer frames than cores: each core takes a share of the bands.
+_PARALLEL_BANDS = 4
 _POOL: ThreadPoolExecutor | None = None
 _CORES = os.cpu_count() or 1
 #: Time chunks per task of the fused residual-statistics pass when chunks are free file views.
@@ -52,6 +55,11 @@ def _pool() -> ThreadPoolExecutor:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=_CORES, thread_name_prefix="caiman-dask-frames")
     return _POOL
+
+
+def _shares(n: int, parts: int) -> list[int]:
+    """Edges of ``parts`` near-equal shares of ``range(n)``."""
+    return [k * n // parts for k in range(parts + 1)]
 
 
 class _Cropped:
@@ -187,8 +195,7 @@ class Movie:
             run(slice(0, n))
             return out.reshape((n, *crop.shape))
         # equal shares, one per core (blocks of 32 would leave one core idle at the end)
-        edges = np.linspace(0, n, min(_CORES, n) + 1).round().astype(int)
-        parts = [slice(int(a), int(b)) for a, b in pairwise(edges)]
+        parts = [slice(a, b) for a, b in pairwise(_shares(n, min(_CORES, n)))]
         futures = [_pool().submit(run, p) for p in parts[1:]]
         run(parts[0])  # this thread takes a share too
         for fut in futures:
@@ -607,16 +614,36 @@ class Residuals(Movie):
         assert src is not None
         return src.read((_time_key(times), *crop.sel))
 
-    def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
+    def _operands(self, times: np.ndarray, crop: _Cropped, y: np.ndarray) -> tuple[Any, ...]:
+        """``A, Ct, b, ft, Y`` of :func:`~._kernels.frames` for frames ``times`` of ``crop``."""
         rcb = self._rcb
-        frames(
-            out,
+        return (
             self._rcm._footprints(crop),
             self._rcm._Ct[times],
             None if rcb is None else rcb._background(crop),
             None if rcb is None else rcb._ft[times],
-            self._read_y(times, crop),
+            y,
         )
+
+    def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
+        frames(out, *self._operands(times, crop, self._read_y(times, crop)))
+
+    def _frames(self, times: np.ndarray, crop: _Cropped) -> np.ndarray:
+        """Fewer frames than cores (``res[t]``): the cores share each frame, band by band."""
+        n, npix = len(times), math.prod(crop.shape)
+        if _CORES == 1 or not 0 < n < _CORES or n_bands(npix) < _PARALLEL_BANDS:
+            return super()._frames(times, crop)
+        y = self._read_y(times, crop)
+        if not fused(y, npix):
+            return super()._frames(times, crop)
+        out = _buffers.empty((n, npix), self._dtype)
+        args = self._operands(times, crop, y)
+        parts = [range(a, b) for a, b in pairwise(_shares(n_bands(npix), _CORES))]
+        futures = [_pool().submit(residual_bands, out, *args, p) for p in parts[1:]]
+        residual_bands(out, *args, parts[0])
+        for fut in futures:
+            fut.result()
+        return out.reshape((n, *crop.shape))
 
     def stats_parts(self, corr: bool, window: tuple[int, int] | None = None) -> list[Any]:
         """Per-time-block delayed statistics of the residuals, straight from ``Y``'s blocks.

@@ -11,7 +11,9 @@ from caiman_dask._kernels import (
     footprint_runs,
     frames,
     frames_reference,
+    n_bands,
     prepare_moments,
+    residual_bands,
     residual_moments,
 )
 from caiman_dask.testing import assert_close_scaled
@@ -43,6 +45,47 @@ def test_frames_reads_transposed_movie_frames(rng):
     out = np.empty(Y.shape)
     frames(out, A, Ct, b, ft, Yt)
     assert_close_scaled(out, frames_reference(A, Ct, b, ft, Y), rtol=1e-12)
+
+
+def _frames_in(Y: np.ndarray, layout: str) -> np.ndarray:
+    """``(n, h, w)`` frames stored frame by frame in C or Fortran (frame-major memmap) order."""
+    if layout == "C":
+        return np.ascontiguousarray(Y)
+    return np.ascontiguousarray(Y.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
+# 2 bands split mid-row; a row longer than a band; rows and columns not multiples of 8; tiny
+@pytest.mark.parametrize("hw", [(181, 191), (3, 40000), (40000, 1), (37, 1000), (8, 8), (5, 3)])
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("nb", [0, 1, 2, 3])
+def test_fused_residual_frames_match_reference_and_the_plain_path(rng, hw, layout, nb):
+    n, P = 3, hw[0] * hw[1]
+    A, Ct, b, ft, Y = _problem(rng, n=n, P=P, K=6, nb=nb)
+    A = scipy.sparse.random(P, 6, density=0.05, random_state=rng, format="csc")  # both bands
+    Yf = _frames_in(Y.reshape(n, *hw), layout)
+    for dtype, rtol in ((np.float64, 1e-12), (np.float32, 1e-5)):
+        fused_out = np.empty((n, P), dtype)
+        frames(fused_out, A, Ct, b, ft, Yf)  # 2D frames: the fused, band-by-band kernel
+        assert_close_scaled(fused_out, frames_reference(A, Ct, b, ft, Y), rtol=rtol)
+        plain = np.empty((n, P), dtype)
+        frames(plain, A, Ct, b, ft, Y.reshape(n, P))  # flat rows: frame-by-frame path
+        np.testing.assert_array_equal(fused_out, plain)  # same arithmetic, bitwise
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_residual_bands_compose(rng, layout):
+    # bands are independent: threads sharing a frame write disjoint parts of the same output
+    hw = (181, 543)
+    A, Ct, b, ft, Y = _problem(rng, n=2, P=hw[0] * hw[1], K=6)
+    Yf = _frames_in(Y.reshape(2, *hw), layout)
+    whole = np.empty(Y.shape)
+    frames(whole, A, Ct, b, ft, Yf)
+    parts = np.full(Y.shape, np.nan)
+    nbands = n_bands(Y.shape[1])
+    assert nbands == 3
+    for r in (range(1, 2), range(2, 3), range(0, 1)):
+        residual_bands(parts, A, Ct, b, ft, Yf, r)
+    np.testing.assert_array_equal(parts, whole)
 
 
 @pytest.mark.parametrize("nb", [0, 2, 4])

@@ -217,6 +217,39 @@ def test_frames_come_from_the_factors_not_dask(rng):
         cd.residuals(m)[5]
 
 
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, layout):
+    import caiman_dask._movies as movies
+
+    monkeypatch.setattr(movies, "_CORES", 2)  # as on any multi-core machine
+    calls = []
+
+    def spy(out, *args):
+        calls.append(args[-1])
+        return residual_bands(out, *args)
+
+    residual_bands = movies.residual_bands
+    monkeypatch.setattr(movies, "residual_bands", spy)
+    dims, T, K = (181, 800), 4, 12  # 5 bands of 32768 pixels
+    P = math.prod(dims)
+    A = scipy.sparse.random(P, K, density=0.01, random_state=rng, format="csc")
+    C, b, f = rng.normal(size=(K, T)), rng.normal(size=(P, 2)), rng.normal(size=(2, T))
+    Y = (rng.normal(size=(T, *dims)) * 10 + 100).astype(np.float32)
+    if layout == "F":  # a frame-major CaImAn memmap: each frame in Fortran pixel order
+        path = tmp_path / f"y_d1_{dims[0]}_d2_{dims[1]}_d3_1_order_F_frames_{T}.mmap"
+        np.stack([y.ravel(order="F") for y in Y]).tofile(path)
+        m = cd.from_arrays(A, C, b=b, f=f, Y=path, dims=dims)
+    else:
+        m = cd.from_arrays(A, C, b=b, f=f, Y=Y, dims=dims)
+    res, ref = cd.residuals(m), dense_reference(m, "residuals")
+    for t in (0, 2, -1):
+        assert_close_scaled(res[t], ref[t], rtol=1e-12)
+    # each of the 3 frames: bands 0-1 on one core, 2-4 on the other
+    assert sorted((r.start, r.stop) for r in calls) == [(0, 2)] * 3 + [(2, 5)] * 3
+    assert_close_scaled(res[1:3], ref[1:3], rtol=1e-12)  # as many frames as cores: by frame
+    assert len(calls) == 6
+
+
 def test_custom_traces(rng):
     m = small_model(rng)
     traces = rng.normal(size=(m.K, m.T))
