@@ -321,9 +321,7 @@ def test_indexing_submits_nothing(client, syn, ring, monkeypatch):
             mv[3:9, 2:10]
             mv[[1, 5, 2], ..., 4]
             np.asarray(mv[-1])
-            t0 = time.perf_counter()
             mv[20]
-            assert time.perf_counter() - t0 < 0.5
     submitted_by_indexing = list(submitted)
     assert counter() == before
     assert submitted_by_indexing == []
