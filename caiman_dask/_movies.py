@@ -184,7 +184,7 @@ class Movie:
         """Frames ``times`` restricted to ``crop`` as ``(n, *crop.shape)`` in ``self.dtype``."""
         n = len(times)
         npix = math.prod(crop.shape)
-        out = _buffers.empty((n, npix), self._dtype)  # large slices: recycled, pre-faulted
+        out = _buffers.empty((n, npix), self._dtype)  # ≥ 1 MiB: recycled, already mapped
 
         def run(part: slice) -> None:
             for s in range(part.start, part.stop, _FRAME_BLOCK):

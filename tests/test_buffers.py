@@ -61,3 +61,13 @@ def test_pool_stays_within_its_budget(small_pool, monkeypatch):
     kept = [_buffers.empty((1024,), np.float64) for _ in range(5)]  # 8 KiB each, all in use
     assert _buffers.pooled_bytes() <= 3 * 8192
     assert len({_addr(k) for k in kept}) == 5
+
+
+def test_pool_tracks_a_bounded_number_of_buffers(small_pool, monkeypatch):
+    monkeypatch.setattr(_buffers, "MAX_COUNT", 4)
+    kept = [_buffers.empty((1024,), np.float64) for _ in range(10)]  # all in use
+    assert len(_buffers._buffers) == 4  # the oldest are forgotten, not reused
+    assert len({_addr(k) for k in kept}) == 10
+    del kept
+    again = [_buffers.empty((1024,), np.float64) for _ in range(4)]
+    assert len(_buffers._buffers) == 4 and len({_addr(k) for k in again}) == 4
