@@ -82,14 +82,22 @@ def _add_runs(o, bptr, gcomp, gptr, start, off, length, data, c, alpha, zero):  
             ob = o[band * _BAND : min(P, (band + 1) * _BAND)]
             for q in range(len(ob)):
                 ob[q] = 0.0
-        for g in range(bptr[band], bptr[band + 1]):
-            ck = c[gcomp[g]] * alpha
-            if ck != 0.0:
-                for r in range(gptr[g], gptr[g + 1]):
-                    ot = o[start[r] : start[r] + length[r]]
-                    dt = data[off[r] : off[r] + length[r]]
-                    for i in range(length[r]):
-                        ot[i] += dt[i] * ck
+        _add_band_runs(o, band, bptr, gcomp, gptr, start, off, length, data, c, alpha)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_band_runs(
+    o, band, bptr, gcomp, gptr, start, off, length, data, c, alpha
+):  # pragma: no cover - compiled
+    """``o += alpha * A @ c`` for the runs of one band (see :func:`_add_runs`)."""
+    for g in range(bptr[band], bptr[band + 1]):
+        ck = c[gcomp[g]] * alpha
+        if ck != 0.0:
+            for r in range(gptr[g], gptr[g + 1]):
+                ot = o[start[r] : start[r] + length[r]]
+                dt = data[off[r] : off[r] + length[r]]
+                for i in range(length[r]):
+                    ot[i] += dt[i] * ck
 
 
 @dataclass(frozen=True)
@@ -262,7 +270,24 @@ def _copy_rows(o, y, transposed, h, w, p0, p1):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _residual_bands(
-    out, y, transposed, h, w, b, ft, bptr, gcomp, gptr, start, off, length, data, Ct, band0, band1
+    out,
+    y,
+    transposed,
+    h,
+    w,
+    b,
+    ft,
+    bptr,
+    gcomp,
+    gptr,
+    start,
+    off,
+    length,
+    data,
+    Ct,
+    minus,
+    band0,
+    band1,
 ):  # pragma: no cover - compiled
     """``out[t] = Y[t] - b @ ft[t] - A @ Ct[t]`` for ``h × w`` frames, pixel bands
     ``band0:band1``.
@@ -273,6 +298,7 @@ def _residual_bands(
     copied in (transposed 8 × 8 blocks at a time), the background subtracted in one contiguous
     sweep (the band's rows of ``b`` serve all frames), then the band's footprint runs are
     subtracted while it is still in cache. Per pixel the arithmetic is that of :func:`frames`.
+    ``minus``: -1 in ``out``'s dtype (the footprints' factor, as in :func:`_add_runs`).
     """
     n = y.shape[0]
     P = h * w
@@ -286,15 +312,7 @@ def _residual_bands(
             _copy_rows(o, y[t], transposed, h, w, p0, p1)
             if bb.shape[1]:
                 _add_lowrank(ob, bb, -ft[t])  # o - (b f), rounded exactly as y - (b f)
-            c = Ct[t]
-            for g in range(bptr[band], bptr[band + 1]):
-                ck = -c[gcomp[g]]
-                if ck != 0.0:
-                    for r in range(gptr[g], gptr[g + 1]):
-                        ot = o[start[r] : start[r] + length[r]]
-                        dt = data[off[r] : off[r] + length[r]]
-                        for q in range(length[r]):
-                            ot[q] += dt[q] * ck
+            _add_band_runs(o, band, bptr, gcomp, gptr, start, off, length, data, Ct[t], minus)
 
 
 def n_bands(npix: int) -> int:
@@ -349,7 +367,8 @@ def residual_bands(
     transposed = not Y.flags.c_contiguous
     y = (Y.transpose(0, 2, 1) if transposed else Y).reshape(n, npix)  # no copy (see fused)
     runs = footprint_runs(A).arrays()
-    _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, bands.start, bands.stop)
+    minus = out.dtype.type(-1.0)
+    _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, minus, bands.start, bands.stop)
 
 
 def frames(
