@@ -62,6 +62,14 @@ def _shares(n: int, parts: int) -> list[int]:
     return [k * n // parts for k in range(parts + 1)]
 
 
+def _in_parallel(run: Any, parts: list[Any]) -> None:
+    """``run(part)`` for every part: the first on this thread, the others on the pool."""
+    futures = [_pool().submit(run, p) for p in parts[1:]]
+    run(parts[0])
+    for fut in futures:
+        fut.result()
+
+
 class _Cropped:
     """A spatial selection pushed down to the factors: pixel ids in C order + output shape."""
 
@@ -195,11 +203,7 @@ class Movie:
             run(slice(0, n))
             return out.reshape((n, *crop.shape))
         # equal shares, one per core (blocks of 32 would leave one core idle at the end)
-        parts = [slice(a, b) for a, b in pairwise(_shares(n, min(_CORES, n)))]
-        futures = [_pool().submit(run, p) for p in parts[1:]]
-        run(parts[0])  # this thread takes a share too
-        for fut in futures:
-            fut.result()
+        _in_parallel(run, [slice(a, b) for a, b in pairwise(_shares(n, min(_CORES, n)))])
         return out.reshape((n, *crop.shape))
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
@@ -631,18 +635,16 @@ class Residuals(Movie):
     def _frames(self, times: np.ndarray, crop: _Cropped) -> np.ndarray:
         """Fewer frames than cores (``res[t]``): the cores share each frame, band by band."""
         n, npix = len(times), math.prod(crop.shape)
-        if _CORES == 1 or not 0 < n < _CORES or n_bands(npix) < _PARALLEL_BANDS:
+        few = _CORES > 1 and 0 < n < _CORES and n_bands(npix) >= _PARALLEL_BANDS
+        if not few or len(crop.shape) != 2:  # (3D frames: not read here, then again below)
             return super()._frames(times, crop)
         y = self._read_y(times, crop)
-        if not fused(y, npix):
+        if not fused(y, npix):  # strided frames (a pixel-major memmap's: views of the file)
             return super()._frames(times, crop)
         out = _buffers.empty((n, npix), self._dtype)
         args = self._operands(times, crop, y)
-        parts = [range(a, b) for a, b in pairwise(_shares(n_bands(npix), _CORES))]
-        futures = [_pool().submit(residual_bands, out, *args, p) for p in parts[1:]]
-        residual_bands(out, *args, parts[0])
-        for fut in futures:
-            fut.result()
+        bands = [range(a, b) for a, b in pairwise(_shares(n_bands(npix), _CORES))]
+        _in_parallel(lambda part: residual_bands(out, *args, part), bands)
         return out.reshape((n, *crop.shape))
 
     def stats_parts(self, corr: bool, window: tuple[int, int] | None = None) -> list[Any]:

@@ -521,10 +521,9 @@ def stats_to_c_order(stats: Mapping[str, Any], dims: Sequence[int]) -> Stats:
     if "comoment" not in stats:
         return out
     com = stats["comoment"]
-    rev_offsets = corr_offsets(nd)
-    offsets = corr_offsets(nd)
+    offsets = corr_offsets(nd)  # the reversed grid has the same offsets (same ndim)
     new = np.zeros((len(offsets), *dims))
-    for k, off in enumerate(rev_offsets):
+    for k, off in enumerate(offsets):
         moved = np.transpose(com[k], rev)  # anchored at the reversed pair's first pixel
         target = tuple(off[::-1])
         if target in offsets:
