@@ -329,6 +329,11 @@ class ModelSpec:
         return 4 * math.prod(self.dims) * self.T
 
 
+#: The issue's benchmark model (512×512, T=8000, K=500, nb=2) and its ``--quick`` version.
+FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
+QUICK = ModelSpec(dims=(128, 128), T=1000, K=60, seed=0)
+
+
 def _proc_rss_file_bytes(pid: int) -> int | None:
     try:
         text = Path(f"/proc/{pid}/status").read_text()

@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATA_DIR,
-    ModelSpec,
+    FULL,
+    QUICK,
     Row,
     benchmark_model,
     loadavg_line,
@@ -60,8 +61,6 @@ from _common import (
 
 import caiman_dask as cd
 
-FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
-QUICK = ModelSpec(dims=(128, 128), T=1000, K=60, seed=0)
 KINDS = ["mean", "std", "min", "max"]
 GOAL = 1.5
 

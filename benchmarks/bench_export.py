@@ -28,15 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATA_DIR,
-    ModelSpec,
+    FULL,
+    QUICK,
     benchmark_model,
     loadavg_line,
     machine_header,
 )
 from _projbench import CHILD_PROLOGUE, run_measured_child
-
-FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
-QUICK = ModelSpec(dims=(128, 128), T=1000, K=60, seed=0)
 
 EXPORT = (
     CHILD_PROLOGUE

@@ -43,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATA_DIR,
+    FULL,
+    QUICK,
     MesmerizeUnavailable,
-    ModelSpec,
     Row,
     Timing,
     benchmark_model,
@@ -62,8 +63,6 @@ from _common import (
 
 import caiman_dask as cd
 
-FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
-QUICK = ModelSpec(dims=(128, 128), T=1000, K=60, seed=0)
 SLICE = 100  #: frames per slice
 
 #: Targets from the issue.

@@ -52,8 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATA_DIR,
+    FULL,
+    QUICK,
     MesmerizeUnavailable,
-    ModelSpec,
     benchmark_model,
     load_mesmerize_cnmf_arrays,
     loadavg_line,
@@ -80,8 +81,6 @@ from _projbench import (
 import caiman_dask as cd
 from caiman_dask import _streaming
 
-FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
-QUICK = ModelSpec(dims=(128, 128), T=1000, K=60, seed=0)
 KINDS4 = ["mean", "std", "min", "max"]
 BRUTE_CHUNK = 200
 READ_CHUNK = 256

@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     DEFAULT_DATA_DIR,
+    FULL,
     ModelSpec,
     benchmark_model,
     loadavg_line,
@@ -61,8 +62,7 @@ from _common import (
 )
 from _projbench import CHILD_PROLOGUE, fmt_s, run_measured_child
 
-#: The dataset of bench_frames / bench_projections (T=8000), sliced to T0 … 8·T0.
-FULL = ModelSpec(dims=(512, 512), T=8000, K=500, seed=0)
+#: FULL (the dataset of bench_frames / bench_projections, T=8000) is sliced to T0 … 8·T0.
 FULL_T0 = 1000
 #: A small dataset of its own (the quick dataset of the others has only T=1000).
 QUICK = ModelSpec(dims=(128, 128), T=2000, K=60, seed=0)
