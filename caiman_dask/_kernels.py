@@ -8,6 +8,7 @@ permuted to C pixel order once, beforehand. :func:`frames_reference` is its plai
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,42 +63,94 @@ def _add_lowrank(o, b, f):  # pragma: no cover - compiled
             o[p] += acc
 
 
-#: Pixels per band of :func:`_add_runs` (a float64 band is 256 KiB: it stays in L2 while the
-#: footprints are added, and RCM frames are zeroed band by band in cache).
+#: Pixels per band of the frame kernels (a float64 band is 256 KiB: it stays in L2 while the
+#: background and footprints are applied).
 _BAND = 32768
 
 
 @numba.njit(cache=True, nogil=True)
-def _add_runs(o, bptr, gcomp, gptr, start, off, length, data, c, alpha, zero):  # pragma: no cover
+def _add_runs(o, bptr, gcomp, gptr, start, off, length, data, c, alpha):  # pragma: no cover
     """``o += alpha * A @ c`` with ``A`` as runs of consecutive pixels (see
-    :func:`footprint_runs`), band of pixels by band; ``zero``: set each band to 0 first.
+    :func:`footprint_runs`), band of pixels by band.
 
     Each run is one contiguous, vectorisable multiply-add. Within a band, components come in
     order, so each pixel receives its components in the same order as a CSC scatter: results
     are identical to it.
     """
-    P = o.shape[0]
     for band in range(len(bptr) - 1):
-        if zero:
-            ob = o[band * _BAND : min(P, (band + 1) * _BAND)]
-            for q in range(len(ob)):
-                ob[q] = 0.0
-        _add_band_runs(o, band, bptr, gcomp, gptr, start, off, length, data, c, alpha)
+        _add_band_runs(o, 0, band, bptr, gcomp, gptr, start, off, length, data, c, alpha)
+
+
+@intrinsic
+def _axpy8(typingctx, o, oi, d, di, ck, m):  # pragma: no cover - compiled
+    """``o[oi + k] += d[di + k] * ck`` for the lanes ``k < min(m, 8)`` (none when ``m <= 0``).
+
+    One masked vector load of each operand, a multiply and an add (not fused: rounded as the
+    scalar loop), one masked store. Masked-off lanes touch no memory, so a run's last vector
+    may reach past the end of either array. ``o`` and ``d``: 1D contiguous arrays of one float
+    dtype; offsets in elements.
+    """
+    if o.dtype != d.dtype or o.layout != "C" or d.layout != "C":
+        return None  # (a typing error, never a silently wrong stride)
+    sig = types.void(o, types.intp, d, types.intp, o.dtype, types.intp)
+
+    def codegen(context, builder, signature, args):
+        o_ty, _, d_ty, _, _, _ = signature.args
+        o_v, oi_v, d_v, di_v, ck_v, m_v = args
+        o_p = cgutils.create_struct_proxy(o_ty)(context, builder, value=o_v).data
+        d_p = cgutils.create_struct_proxy(d_ty)(context, builder, value=d_v).data
+        el = context.get_data_type(o_ty.dtype)
+        vec, ivec = ir.VectorType(el, 8), ir.VectorType(m_v.type, 8)
+        mvec, i32 = ir.VectorType(ir.IntType(1), 8), ir.IntType(32)
+
+        def splat(x, ty):
+            v = builder.insert_element(ir.Constant(ty, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+        mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(8))), splat(m_v, ivec))
+        name = "v8f64" if el == ir.DoubleType() else "v8f32"
+        ptr = vec.as_pointer()
+        load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vec, [ptr, i32, mvec, vec]),
+            f"llvm.masked.load.{name}.p0",
+        )
+        store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vec, ptr, i32, mvec]),
+            f"llvm.masked.store.{name}.p0",
+        )
+        align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
+        po = builder.bitcast(builder.gep(o_p, [oi_v]), ptr)
+        pd = builder.bitcast(builder.gep(d_p, [di_v]), ptr)
+        dv = builder.call(load, [pd, align, mask, zero])
+        ov = builder.call(load, [po, align, mask, zero])
+        builder.call(store, [builder.fadd(ov, builder.fmul(dv, splat(ck_v, vec))), po, align, mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _add_band_runs(
-    o, band, bptr, gcomp, gptr, start, off, length, data, c, alpha
+    o, q0, band, bptr, gcomp, gptr, start, off, length, data, c, alpha
 ):  # pragma: no cover - compiled
-    """``o += alpha * A @ c`` for the runs of one band (see :func:`_add_runs`)."""
+    """``o[p - q0] += alpha * (A @ c)[p]`` for the pixels ``p`` of one band (see
+    :func:`_add_runs`; ``q0``: the pixel at ``o[0]``).
+
+    A run is a few masked vectors of 8 (:func:`_axpy8`); footprint rows are rarely longer
+    than 16 pixels, so the first two are issued unconditionally, with no branch to mispredict
+    on the run's length.
+    """
     for g in range(bptr[band], bptr[band + 1]):
         ck = c[gcomp[g]] * alpha
         if ck != 0.0:
             for r in range(gptr[g], gptr[g + 1]):
-                ot = o[start[r] : start[r] + length[r]]
-                dt = data[off[r] : off[r] + length[r]]
-                for i in range(length[r]):
-                    ot[i] += dt[i] * ck
+                s, d, n = start[r] - q0, off[r], length[r]
+                _axpy8(o, s, data, d, ck, n)
+                _axpy8(o, s + 8, data, d + 8, ck, n - 8)
+                for i in range(16, n, 8):
+                    _axpy8(o, s + i, data, d + i, ck, n - i)
 
 
 @dataclass(frozen=True)
@@ -200,6 +253,8 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
     ``src`` / ``dst``: 1D contiguous float arrays; offsets and strides in elements; no bounds
     checks (the caller guarantees the block is inside both arrays).
     """
+    if src.layout != "C" or dst.layout != "C":
+        return None  # (a typing error, never a silently wrong stride)
     sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -240,32 +295,32 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True)
-def _copy_rows(o, y, transposed, h, w, p0, p1):  # pragma: no cover - compiled
-    """``o[p] = frame[p]`` for C-order pixels ``p0 <= p < p1`` of an ``h × w`` frame stored
-    flat in ``y``: in C order, or transposed (``y[j * h + i]`` is pixel ``(i, j)``)."""
+def _copy_rows(o, q0, y, transposed, h, w, p0, p1):  # pragma: no cover - compiled
+    """``o[p - q0] = frame[p]`` for C-order pixels ``p0 <= p < p1`` of an ``h × w`` frame
+    stored flat in ``y``: in C order, or transposed (``y[j * h + i]`` is pixel ``(i, j)``)."""
     if not transposed:
         for p in range(p0, p1):
-            o[p] = y[p]
+            o[p - q0] = y[p]
         return
     ra = min(-(-p0 // w), p1 // w)  # first full row; rows ra:rb are whole, the rest partial
     rb = p1 // w
     for p in range(p0, min(p1, ra * w)):  # the band's first, partial row
-        o[p] = y[(p % w) * h + p // w]
+        o[p - q0] = y[(p % w) * h + p // w]
     i0 = ra
     while i0 + 8 <= rb:  # 8 × 8 blocks
         j0 = 0
         while j0 + 8 <= w:
-            _transpose8(y, j0 * h + i0, h, o, i0 * w + j0, w)
+            _transpose8(y, j0 * h + i0, h, o, i0 * w + j0 - q0, w)
             j0 += 8
         for i in range(i0, i0 + 8):
             for j in range(j0, w):
-                o[i * w + j] = y[j * h + i]
+                o[i * w + j - q0] = y[j * h + i]
         i0 += 8
     for i in range(i0, rb):
         for j in range(w):
-            o[i * w + j] = y[j * h + i]
+            o[i * w + j - q0] = y[j * h + i]
     for p in range(max(p0, rb * w), p1):  # the band's last, partial row
-        o[p] = y[(p % w) * h + p // w]
+        o[p - q0] = y[(p % w) * h + p // w]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -288,17 +343,21 @@ def _residual_bands(
     minus,
     band0,
     band1,
+    sb,
 ):  # pragma: no cover - compiled
     """``out[t] = Y[t] - b @ ft[t] - A @ Ct[t]`` for ``h × w`` frames, pixel bands
     ``band0:band1``.
 
     ``out`` is ``(n, h * w)`` in C pixel order; ``y`` is ``(n, h * w)``, each frame in C order
     or ``transposed`` (a frame-major CaImAn memmap: Fortran pixel order). Band by band
-    (:data:`_BAND` pixels, as in :func:`footprint_runs`), frames inside: a band of a frame is
-    copied in (transposed 8 × 8 blocks at a time), the background subtracted in one contiguous
-    sweep (the band's rows of ``b`` serve all frames), then the band's footprint runs are
-    subtracted while it is still in cache. Per pixel the arithmetic is that of :func:`frames`.
-    ``minus``: -1 in ``out``'s dtype (the footprints' factor, as in :func:`_add_runs`).
+    (:data:`_BAND` pixels, as in :func:`footprint_runs`), frames inside. Each band of a frame
+    is assembled in the scratch band ``sb``, which stays in cache: copied in from ``y``
+    (transposed 8 × 8 blocks at a time), the background subtracted in one contiguous sweep (the
+    band's rows of ``b`` serve all frames), the band's footprint runs subtracted; then it is
+    copied out in one sequential sweep. (Transposed stores straight into ``out``, whose lines
+    are not in cache, cost three times as much.) Per pixel the arithmetic is that of
+    :func:`frames`. ``minus``: -1 in ``out``'s dtype (the footprints' factor, as in
+    :func:`_add_runs`).
     """
     n = y.shape[0]
     P = h * w
@@ -306,13 +365,56 @@ def _residual_bands(
         p0 = band * _BAND
         p1 = min(P, p0 + _BAND)
         bb = b[p0:p1]
+        s = sb[: p1 - p0]
         for t in range(n):
-            o = out[t]
-            ob = o[p0:p1]
-            _copy_rows(o, y[t], transposed, h, w, p0, p1)
+            _copy_rows(s, p0, y[t], transposed, h, w, p0, p1)
             if bb.shape[1]:
-                _add_lowrank(ob, bb, -ft[t])  # o - (b f), rounded exactly as y - (b f)
-            _add_band_runs(o, band, bptr, gcomp, gptr, start, off, length, data, Ct[t], minus)
+                _add_lowrank(s, bb, -ft[t])  # o - (b f), rounded exactly as y - (b f)
+            _add_band_runs(s, p0, band, bptr, gcomp, gptr, start, off, length, data, Ct[t], minus)
+            ob = out[t, p0:p1]
+            for q in range(p1 - p0):
+                ob[q] = s[q]
+
+
+@numba.njit(cache=True, nogil=True)
+def _model_bands(
+    out, b, ft, bptr, gcomp, gptr, start, off, length, data, Ct, zero, one, band0, band1
+):  # pragma: no cover - compiled
+    """``out[t] = b @ ft[t] + A @ Ct[t]`` for pixel bands ``band0:band1``, band by band with
+    frames inside: each band of a frame is written once in a sequential sweep (the low-rank
+    term, or ``zero``), and its footprint runs added while it is in cache; the band's rows of
+    ``b`` and its runs serve all frames.
+
+    ``zero`` and ``one``: 0 and 1 in ``out``'s dtype (passed in, so that the compiler does not
+    turn the zeroing loop into ``memset``, slower here than plain vector stores).
+    """
+    n, P = out.shape
+    nb = b.shape[1]
+    for band in range(band0, band1):
+        p0 = band * _BAND
+        p1 = min(P, p0 + _BAND)
+        bb = b[p0:p1]
+        for t in range(n):
+            ob = out[t, p0:p1]
+            if nb == 0:
+                for q in range(p1 - p0):
+                    ob[q] = zero
+            elif nb == 1:
+                f0 = ft[t, 0]
+                for q in range(p1 - p0):
+                    ob[q] = zero + bb[q, 0] * f0
+            elif nb == 2:
+                f0 = ft[t, 0]
+                f1 = ft[t, 1]
+                for q in range(p1 - p0):
+                    ob[q] = zero + (bb[q, 0] * f0 + bb[q, 1] * f1)
+            else:
+                for q in range(p1 - p0):
+                    acc = 0.0  # as in _add_lowrank
+                    for r in range(nb):
+                        acc += bb[q, r] * ft[t, r]
+                    ob[q] = zero + acc
+            _add_band_runs(ob, p0, band, bptr, gcomp, gptr, start, off, length, data, Ct[t], one)
 
 
 def n_bands(npix: int) -> int:
@@ -368,7 +470,36 @@ def residual_bands(
     y = (Y.transpose(0, 2, 1) if transposed else Y).reshape(n, npix)  # no copy (see fused)
     runs = footprint_runs(A).arrays()
     minus = out.dtype.type(-1.0)
-    _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, minus, bands.start, bands.stop)
+    sb = _scratch_band(out.dtype)
+    _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, minus, bands.start, bands.stop, sb)
+
+
+def model_bands(
+    out: np.ndarray,
+    A: scipy.sparse.csc_matrix,
+    Ct: np.ndarray,
+    b: np.ndarray | None,
+    ft: np.ndarray | None,
+    bands: range,
+) -> None:
+    """:func:`frames` without a movie, for pixel bands ``bands`` only."""
+    n, npix = out.shape
+    A, Ct, b, ft = _operands(out.dtype, npix, n, A, Ct, b, ft)
+    runs = footprint_runs(A).arrays()
+    dt = out.dtype.type
+    _model_bands(out, b, ft, *runs, Ct, dt(0.0), dt(1.0), bands.start, bands.stop)
+
+
+_local = threading.local()
+
+
+def _scratch_band(dt: np.dtype) -> np.ndarray:
+    """This thread's scratch band of :data:`_BAND` pixels in ``dt`` (kept: stays in cache)."""
+    bufs = _local.__dict__.setdefault("bands", {})
+    buf = bufs.get(dt)
+    if buf is None:
+        buf = bufs[dt] = np.empty(_BAND, dt)
+    return buf
 
 
 def frames(
@@ -381,12 +512,15 @@ def frames(
 ) -> None:
     """Write ``out[t] = Y[t] − (b @ ft[t] + A @ Ct[t])``, or ``b @ ft[t] + A @ Ct[t]`` without Y.
 
-    Frame by frame, so each output frame is initialised and accumulated while it sits in
-    cache: the movie (or zeros) first, then the low-rank term as an explicit multiply-add, then
-    the footprints of the non-zero traces scattered in (CSC columns, rows = pixels in C order).
-    2D movie frames stored frame by frame (C order, or a frame-major memmap's Fortran order; see
-    :func:`fused`) take :func:`residual_bands` instead: band by band, with the movie's frames
-    reordered in cache as they are read, and bitwise the same results.
+    Band of :data:`_BAND` pixels by band, frames inside, so each band of an output frame is
+    assembled in cache and written out once: the low-rank term (or zeros; for residuals the
+    movie minus it) first, then the footprints of the non-zero traces added (runs of
+    consecutive pixels in CSC column order, rows = pixels in C order; see
+    :func:`footprint_runs`). Without a movie that is :func:`model_bands`; 2D movie frames
+    stored frame by frame (C order, or a frame-major memmap's Fortran order; see
+    :func:`fused`) take :func:`residual_bands`, with the movie's frames reordered in cache as
+    they are read. Other movies (3D, or a pixel-major memmap's strided frames) go frame by
+    frame. Every path does the same arithmetic per pixel: results are bitwise the same.
 
     Parameters
     ----------
@@ -405,31 +539,26 @@ def frames(
     n, npix = out.shape
     if n == 0:
         return
-    if Y is not None and fused(Y, npix):
+    if Y is None:
+        model_bands(out, A, Ct, b, ft, range(n_bands(npix)))
+        return
+    if fused(Y, npix):
         residual_bands(out, A, Ct, b, ft, Y, range(n_bands(npix)))
         return
     dt = out.dtype
     A, Ct, b, ft = _operands(dt, npix, n, A, Ct, b, ft)
     runs = footprint_runs(A).arrays() if A.nnz else None
-    alpha = dt.type(1.0 if Y is None else -1.0)
-    zero = Y is None and not b.shape[1] and runs is not None  # RCM: zeroed band by band
+    minus = dt.type(-1.0)
     for t in range(n):
         o = out[t]
-        if Y is None:
-            if not zero:
-                o.fill(0)
-                if b.shape[1]:
-                    _add_lowrank(o, b, ft[t])
-        else:
-            # NumPy reorders a transposed (frame-major memmap) or strided (pixel-major memmap)
-            # frame fastest in its own dtype; then one pass subtracts the background
-            y = np.ascontiguousarray(Y[t]).reshape(-1)
-            _set_minus_lowrank(o, y, b, ft[t])
+        # NumPy reorders a strided (pixel-major memmap) or 3D frame fastest in its own dtype;
+        # then one pass subtracts the background
+        y = np.ascontiguousarray(Y[t]).reshape(-1)
+        _set_minus_lowrank(o, y, b, ft[t])
         if runs is not None:
-            _add_runs(o, *runs, Ct[t], alpha, zero)
+            _add_runs(o, *runs, Ct[t], minus)
 
 
-#: Pixels per tile of :func:`_moments_update` (tile accumulators stay in L2).
 _TILE = 2048
 #: Frames per call of :func:`_moments_update` (bounds its footprint-product buffer).
 _SUB_FRAMES = 32

@@ -88,6 +88,40 @@ def test_residual_bands_compose(rng, layout):
     np.testing.assert_array_equal(parts, whole)
 
 
+def _blobs(rng, P, K):
+    """CSC footprints of contiguous pixel runs of every length 1..40 (the kernels add runs as
+    masked vectors of 8: 1, 2 or more vectors, partial last ones), some crossing the
+    32768-pixel band edges, some overlapping."""
+    A = scipy.sparse.lil_matrix((P, K))
+    for k in range(K):
+        for _ in range(4):
+            n = int(rng.integers(1, 41))
+            s = int(rng.integers(0, P - n)) if k % 3 else 32768 * int(rng.integers(1, 3)) - n // 2
+            A[s : s + n, k] = rng.uniform(0.1, 1.0, n)
+    return A.tocsc()
+
+
+@pytest.mark.parametrize("nb", [0, 1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_model_frames_are_negated_residuals_of_a_zero_movie(rng, nb, dtype):
+    # two independent code paths: the band-by-band model kernel (no movie) and the
+    # frame-by-frame residual path; y = 0 gives -(b f) - A c, which rounds exactly as the
+    # negation of b f + A c (round-to-nearest is symmetric), so they agree bitwise
+    n, P, K = 4, 70001, 30
+    A = _blobs(rng, P, K)
+    Ct = rng.normal(size=(n, K)) * 5
+    Ct[1, 3] = 0.0  # a zero trace is skipped
+    b = rng.normal(size=(P, nb)) if nb else None
+    ft = rng.normal(size=(n, nb)) if nb else None
+    model = np.empty((n, P), dtype)
+    frames(model, A, Ct, b, ft)
+    res = np.empty((n, P), dtype)
+    frames(res, A, Ct, b, ft, np.zeros((n, P), dtype))  # flat frames: the frame-by-frame path
+    np.testing.assert_array_equal(model, -res)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    assert_close_scaled(model, frames_reference(A, Ct, b, ft, None), rtol=rtol)
+
+
 @pytest.mark.parametrize("nb", [0, 2, 4])
 def test_residual_moments_matches_numpy(rng, nb):
     A, Ct, b, ft, Y = _problem(rng, n=13, P=9000, nb=nb)  # > one 4096-pixel tile
