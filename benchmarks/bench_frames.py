@@ -7,7 +7,10 @@ movie Y a float32 frame-major CaImAn memmap on disk) this prints the median late
 - the floor: ``A_csc @ C[:, t]`` (SciPy sparse matrix × one column of C; no reshaping), and for
   slices also ``np.full((100, *dims), 1.0)``: allocating and writing 100 fresh frames, and
   overwriting 100 frames already mapped on all cores (what a slice costs at least when its
-  output buffer is recycled, as ours are: see ``caiman_dask/_buffers.py``),
+  output buffer is recycled, as ours are: see ``caiman_dask/_buffers.py``); for residual
+  slices also copying the 100 movie frames, in the file's own pixel order, into 100 mapped
+  frames on all cores (the memory traffic a residual slice cannot avoid, with no reordering
+  and no arithmetic),
 - naive dask: ``rcm.data[t].compute()`` (and the same for rcb / residuals),
 - mesmerize-core's ``LazyArrayRCM`` / ``LazyArrayRCB`` / ``LazyArrayResiduals``, constructed as
   its ``get_rcm`` / ``get_rcb`` / ``get_residuals`` do, both as returned (Fortran-ordered
@@ -186,7 +189,22 @@ def run_section(
             list(ex.map(lambda part: part.fill(float(t)), parts))
 
         mapped_floor = _measure(overwrite, starts, sr, budget)
-    del parts
+
+        # A residual slice reads 100 movie frames too: copy them, in the file's own pixel order
+        # (no reordering, no arithmetic), into 100 mapped output frames, split as above.
+        yflat = images.transpose(0, 2, 1).reshape(len(images), -1)  # frame-major: no copy
+        assert np.shares_memory(yflat, images)
+        out = np.ones((SLICE, yflat.shape[1]), dtype)
+        bounds = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(SLICE), len(parts))]
+
+        def read_movie(t: int, out: np.ndarray = out) -> None:
+            def copy(ab: tuple[int, int]) -> None:
+                np.copyto(out[ab[0] : ab[1]], yflat[t + ab[0] : t + ab[1]])
+
+            list(ex.map(copy, bounds))
+
+        read_floor = _measure(read_movie, starts, sr, budget)
+    del parts, out
 
     naive_t: dict[str, Timing] = {}
     if naive:
@@ -263,6 +281,9 @@ def run_section(
             entries.append(
                 ("floor overwrite 100 mapped frames, all cores", mapped_floor, "", None, "")
             )
+            if kind == "res":
+                name = "floor copy 100 movie frames into mapped frames, all cores"
+                entries.append((name, read_floor, "", None, ""))
         if op in floor:
             fl = floor[op]
             if op == "rcm[t]":
