@@ -81,6 +81,17 @@ def _add_runs(o, bptr, gcomp, gptr, start, off, length, data, c, alpha):  # prag
         _add_band_runs(o, 0, band, bptr, gcomp, gptr, start, off, length, data, c, alpha)
 
 
+def _lanes(context, builder, ty, value):  # pragma: no cover - compile time
+    """A numba array argument's data pointer and the 8-lane vector type of its dtype."""
+    ptr = cgutils.create_struct_proxy(ty)(context, builder, value=value).data
+    return ptr, ir.VectorType(context.get_data_type(ty.dtype), 8)
+
+
+def _vector_at(builder, base, pos, vec):  # pragma: no cover - compile time
+    """A pointer to the vector ``vec`` starting at element ``pos`` of ``base``."""
+    return builder.bitcast(builder.gep(base, [pos]), vec.as_pointer())
+
+
 @intrinsic
 def _axpy8(typingctx, o, oi, d, di, ck, m):  # pragma: no cover - compiled
     """``o[oi + k] += d[di + k] * ck`` for the lanes ``k < min(m, 8)`` (none when ``m <= 0``).
@@ -97,10 +108,9 @@ def _axpy8(typingctx, o, oi, d, di, ck, m):  # pragma: no cover - compiled
     def codegen(context, builder, signature, args):
         o_ty, _, d_ty, _, _, _ = signature.args
         o_v, oi_v, d_v, di_v, ck_v, m_v = args
-        o_p = cgutils.create_struct_proxy(o_ty)(context, builder, value=o_v).data
-        d_p = cgutils.create_struct_proxy(d_ty)(context, builder, value=d_v).data
-        el = context.get_data_type(o_ty.dtype)
-        vec, ivec = ir.VectorType(el, 8), ir.VectorType(m_v.type, 8)
+        o_p, vec = _lanes(context, builder, o_ty, o_v)
+        d_p, _ = _lanes(context, builder, d_ty, d_v)
+        ivec = ir.VectorType(m_v.type, 8)
         mvec, i32 = ir.VectorType(ir.IntType(1), 8), ir.IntType(32)
 
         def splat(x, ty):
@@ -108,7 +118,7 @@ def _axpy8(typingctx, o, oi, d, di, ck, m):  # pragma: no cover - compiled
             return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 8), [0] * 8))
 
         mask = builder.icmp_signed("<", ir.Constant(ivec, list(range(8))), splat(m_v, ivec))
-        name = "v8f64" if el == ir.DoubleType() else "v8f32"
+        name = "v8f64" if vec.element == ir.DoubleType() else "v8f32"
         ptr = vec.as_pointer()
         load = cgutils.get_or_insert_function(
             builder.module,
@@ -121,8 +131,7 @@ def _axpy8(typingctx, o, oi, d, di, ck, m):  # pragma: no cover - compiled
             f"llvm.masked.store.{name}.p0",
         )
         align, zero = ir.Constant(i32, 1), ir.Constant(vec, None)
-        po = builder.bitcast(builder.gep(o_p, [oi_v]), ptr)
-        pd = builder.bitcast(builder.gep(d_p, [di_v]), ptr)
+        po, pd = _vector_at(builder, o_p, oi_v, vec), _vector_at(builder, d_p, di_v, vec)
         dv = builder.call(load, [pd, align, mask, zero])
         ov = builder.call(load, [po, align, mask, zero])
         builder.call(store, [builder.fadd(ov, builder.fmul(dv, splat(ck_v, vec))), po, align, mask])
@@ -260,15 +269,13 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
     def codegen(context, builder, signature, args):
         src_ty, _, _, dst_ty, _, _ = signature.args
         src_v, s0_v, ss_v, dst_v, d0_v, ds_v = args
-        src_p = cgutils.create_struct_proxy(src_ty)(context, builder, value=src_v).data
-        dst_p = cgutils.create_struct_proxy(dst_ty)(context, builder, value=dst_v).data
-        s_el = context.get_data_type(src_ty.dtype)
-        d_el = context.get_data_type(dst_ty.dtype)
-        s_vec, d_vec = ir.VectorType(s_el, 8), ir.VectorType(d_el, 8)
+        src_p, s_vec = _lanes(context, builder, src_ty, src_v)
+        dst_p, d_vec = _lanes(context, builder, dst_ty, dst_v)
+        s_el, d_el = s_vec.element, d_vec.element
 
         def at(base, off, stride, k, vec):
             pos = builder.add(off, builder.mul(stride, ir.Constant(stride.type, k)))
-            return builder.bitcast(builder.gep(base, [pos]), vec.as_pointer())
+            return _vector_at(builder, base, pos, vec)
 
         def shuffle(a, b, idx):
             return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 8), idx))
@@ -474,22 +481,6 @@ def residual_bands(
     _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, minus, bands.start, bands.stop, sb)
 
 
-def model_bands(
-    out: np.ndarray,
-    A: scipy.sparse.csc_matrix,
-    Ct: np.ndarray,
-    b: np.ndarray | None,
-    ft: np.ndarray | None,
-    bands: range,
-) -> None:
-    """:func:`frames` without a movie, for pixel bands ``bands`` only."""
-    n, npix = out.shape
-    A, Ct, b, ft = _operands(out.dtype, npix, n, A, Ct, b, ft)
-    runs = footprint_runs(A).arrays()
-    dt = out.dtype.type
-    _model_bands(out, b, ft, *runs, Ct, dt(0.0), dt(1.0), bands.start, bands.stop)
-
-
 _local = threading.local()
 
 
@@ -516,7 +507,7 @@ def frames(
     assembled in cache and written out once: the low-rank term (or zeros; for residuals the
     movie minus it) first, then the footprints of the non-zero traces added (runs of
     consecutive pixels in CSC column order, rows = pixels in C order; see
-    :func:`footprint_runs`). Without a movie that is :func:`model_bands`; 2D movie frames
+    :func:`footprint_runs`). Without a movie that is :func:`_model_bands`; 2D movie frames
     stored frame by frame (C order, or a frame-major memmap's Fortran order; see
     :func:`fused`) take :func:`residual_bands`, with the movie's frames reordered in cache as
     they are read. Other movies (3D, or a pixel-major memmap's strided frames) go frame by
@@ -539,15 +530,15 @@ def frames(
     n, npix = out.shape
     if n == 0:
         return
-    if Y is None:
-        model_bands(out, A, Ct, b, ft, range(n_bands(npix)))
-        return
-    if fused(Y, npix):
+    if Y is not None and fused(Y, npix):
         residual_bands(out, A, Ct, b, ft, Y, range(n_bands(npix)))
         return
     dt = out.dtype
     A, Ct, b, ft = _operands(dt, npix, n, A, Ct, b, ft)
-    runs = footprint_runs(A).arrays() if A.nnz else None
+    runs = footprint_runs(A).arrays()
+    if Y is None:
+        _model_bands(out, b, ft, *runs, Ct, dt.type(0.0), dt.type(1.0), 0, n_bands(npix))
+        return
     minus = dt.type(-1.0)
     for t in range(n):
         o = out[t]
@@ -555,8 +546,7 @@ def frames(
         # then one pass subtracts the background
         y = np.ascontiguousarray(Y[t]).reshape(-1)
         _set_minus_lowrank(o, y, b, ft[t])
-        if runs is not None:
-            _add_runs(o, *runs, Ct[t], minus)
+        _add_runs(o, *runs, Ct[t], minus)
 
 
 _TILE = 2048
