@@ -19,6 +19,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import _buffers
+
 __all__ = [
     "MomentsOperator",
     "MomentsState",
@@ -424,6 +426,69 @@ def _model_bands(
             _add_band_runs(ob, p0, band, bptr, gcomp, gptr, start, off, length, data, Ct[t], one)
 
 
+#: Pixels per tile of :func:`_gather_pixel_major`.
+_GATHER_TILE = 512
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_pixel_major(z, src, s, n, P, pa, pb):  # pragma: no cover - compiled
+    """``z[t * P + p] = src[p * s + t]`` for ``t < n``, ``pa <= p < pb``: frames of ``P``
+    pixels out of a pixel-major
+    block (each pixel's ``n`` values contiguous, pixels ``s`` apart), 8 pixels × 8 frames at a
+    time (:func:`_transpose8`).
+
+    Tiles of :data:`_GATHER_TILE` pixels × 8 frames: a tile reads one short run from each of
+    its pixels' rows (a page each: few enough for the TLB; the next tile of frames reads the
+    same lines again from cache) and writes 8 frames, whose rows are a power of two apart in
+    a 512 × 512 movie, so more of them at once would evict each other from the cache's sets.
+    """
+    if n < 8:  # (one frame: a plain strided gather, which the compiler vectorises)
+        for t in range(n):
+            for p in range(pa, pb):
+                z[t * P + p] = src[p * s + t]
+        return
+    for q0 in range(pa, pb, _GATHER_TILE):
+        q1 = min(pb, q0 + _GATHER_TILE)
+        for t0 in range(0, n, 8):
+            t1 = min(n, t0 + 8)
+            p0 = q0
+            if t1 - t0 == 8:
+                while p0 + 8 <= q1:
+                    _transpose8(src, p0 * s + t0, s, z, t0 * P + p0, P)
+                    p0 += 8
+            for p in range(p0, q1):
+                for t in range(t0, t1):
+                    z[t * P + p] = src[p * s + t]
+
+
+#: Frames gathered out of a pixel-major movie at a time (32 MiB of 512 × 512 float32 frames).
+_GATHER_FRAMES = 32
+
+
+def pixel_major(Y: np.ndarray, npix: int) -> bool:
+    """Whether ``Y`` is ``(n, h, w)`` frames of a pixel-major movie (a CaImAn ``order_C``
+    memmap, the one CNMF reads): ``Y[t, i, j]`` at element ``t + s * (i + h * j)``, ``s >= n``.
+    """
+    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or Y.dtype.kind != "f":
+        return False
+    n, h, _ = Y.shape
+    it = Y.itemsize
+    s = Y.strides[1]
+    return Y.strides[0] == it and s % it == 0 and s >= n * it and Y.strides[2] == h * s
+
+
+def gather_pixel_major(z: np.ndarray, Y: np.ndarray, pixels: range) -> None:
+    """Write pixels ``pixels`` (Fortran order) of the :func:`pixel_major` frames ``Y``
+    (``(n, h, w)``) into ``z``: ``(n, w, h)`` C-contiguous, i.e. frame-major frames in Fortran
+    pixel order, as :func:`residual_bands` reads them (``z.transpose(0, 2, 1)``). Pixel ranges
+    are independent: threads can share the frames."""
+    n, h, w = Y.shape
+    s = Y.strides[1] // Y.itemsize
+    span = (h * w - 1) * s + n
+    src = np.lib.stride_tricks.as_strided(Y, shape=(span,), strides=(Y.itemsize,), writeable=False)
+    _gather_pixel_major(z.reshape(-1), src, s, n, h * w, pixels.start, pixels.stop)
+
+
 def n_bands(npix: int) -> int:
     """Bands of :data:`_BAND` pixels in a frame of ``npix`` pixels."""
     return max(1, -(-npix // _BAND))
@@ -532,6 +597,19 @@ def frames(
         return
     if Y is not None and fused(Y, npix):
         residual_bands(out, A, Ct, b, ft, Y, range(n_bands(npix)))
+        return
+    if Y is not None and pixel_major(Y, npix):
+        # a block of frames at a time into frame-major scratch, each pixel's run of values
+        # read once (not one strided pass over the whole file per frame), then the fused kernel
+        h, w = Y.shape[1:]
+        k = min(n, _GATHER_FRAMES)
+        z = _buffers.empty((k, w, h), Y.dtype)
+        for t0 in range(0, n, k):
+            rows = slice(t0, min(n, t0 + k))
+            zb = z[: rows.stop - t0]
+            gather_pixel_major(zb, Y[rows], range(npix))
+            fb = None if ft is None else ft[rows]
+            frames(out[rows], A, Ct[rows], b, fb, zb.transpose(0, 2, 1))
         return
     dt = out.dtype
     A, Ct, b, ft = _operands(dt, npix, n, A, Ct, b, ft)

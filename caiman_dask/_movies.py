@@ -30,7 +30,15 @@ from dask.highlevelgraph import HighLevelGraph
 
 from . import _buffers
 from ._io import default_frame_chunk, sparse_to_scipy
-from ._kernels import c_to_f_permutation, frames, fused, n_bands, residual_bands
+from ._kernels import (
+    c_to_f_permutation,
+    frames,
+    fused,
+    gather_pixel_major,
+    n_bands,
+    pixel_major,
+    residual_bands,
+)
 from ._model import TRACE_NAMES, CNMFModel, Components
 from .errors import ComponentError, EmptyComponentsWarning, OptionError, ShapeMismatchError
 
@@ -639,7 +647,13 @@ class Residuals(Movie):
         if not few or len(crop.shape) != 2:  # (3D frames: not read here, then again below)
             return super()._frames(times, crop)
         y = self._read_y(times, crop)
-        if not fused(y, npix):  # strided frames (a pixel-major memmap's: views of the file)
+        if pixel_major(y, npix):  # a CaImAn order-C memmap: gathered by both cores first
+            h, w = y.shape[1:]
+            z = _buffers.empty((n, w, h), y.dtype)
+            pixels = [range(a, b) for a, b in pairwise(_shares(npix, _CORES))]
+            _in_parallel(lambda part: gather_pixel_major(z, y, part), pixels)
+            y = z.transpose(0, 2, 1)
+        if not fused(y, npix):  # other strided frames (views of the file)
             return super()._frames(times, crop)
         out = _buffers.empty((n, npix), self._dtype)
         args = self._operands(times, crop, y)

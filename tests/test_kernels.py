@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -11,7 +13,9 @@ from caiman_dask._kernels import (
     footprint_runs,
     frames,
     frames_reference,
+    gather_pixel_major,
     n_bands,
+    pixel_major,
     prepare_moments,
     residual_bands,
     residual_moments,
@@ -88,6 +92,63 @@ def test_residual_bands_compose(rng, layout):
     np.testing.assert_array_equal(parts, whole)
 
 
+def _pixel_major(Y: np.ndarray, T: int, t0: int) -> np.ndarray:
+    """Frames ``t0 : t0 + n`` of ``Y`` (``(n, h, w)``) as views of a pixel-major ``(P, T)``
+    movie in Fortran pixel order (a CaImAn order-C memmap), ``T >= t0 + n`` frames long."""
+    n, h, w = Y.shape
+    Yr = np.zeros((h * w, T), Y.dtype)
+    Yr[:, t0 : t0 + n] = Y.reshape(n, -1, order="F").T
+    frames_view = Yr.reshape(w, h, T).transpose(2, 1, 0)  # (T, h, w): a view, as _io gives
+    return frames_view[t0 : t0 + n]
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 13, 40])
+@pytest.mark.parametrize("hw", [(181, 191), (37, 1000), (5, 3), (8, 64)])
+def test_gather_pixel_major_matches_numpy(rng, n, hw):
+    Y = rng.normal(size=(n, *hw)).astype(np.float32)
+    Ypm = _pixel_major(Y, T=n + 11, t0=7)
+    assert pixel_major(Ypm, hw[0] * hw[1])
+    np.testing.assert_array_equal(Ypm, Y)  # the views are right
+    P = hw[0] * hw[1]
+    z = np.full((n, hw[1], hw[0]), np.nan, np.float32)
+    cuts = sorted({0, P // 3, P // 3 + 513, P} & set(range(P + 1)))  # threads' pixel shares
+    for a, b in itertools.pairwise(cuts):
+        gather_pixel_major(z, Ypm, range(a, b))
+    np.testing.assert_array_equal(z.transpose(0, 2, 1), Y)
+
+
+def test_pixel_major_recognises_only_pixel_major_frames(rng):
+    Y = rng.normal(size=(4, 6, 5)).astype(np.float32)
+    assert pixel_major(_pixel_major(Y, T=9, t0=2), 30)
+    assert not pixel_major(Y, 30)  # C-ordered frames
+    assert not pixel_major(np.ascontiguousarray(Y.transpose(0, 2, 1)).transpose(0, 2, 1), 30)
+    assert not pixel_major(_pixel_major(Y, T=9, t0=2)[:, 1:4], 15)  # a crop of rows
+    assert not pixel_major(_pixel_major(Y, T=9, t0=2)[:, :, ::2], 18)  # every other column
+    assert not pixel_major(_pixel_major(Y, T=9, t0=2)[::2], 30)  # every other frame
+    # every other row still is (pixels twice as far apart): gathered right
+    Ys = _pixel_major(Y, T=9, t0=2)[:, ::2]
+    assert pixel_major(Ys, 15)
+    z = np.empty((4, 5, 3), np.float32)
+    gather_pixel_major(z, Ys, range(15))
+    np.testing.assert_array_equal(z.transpose(0, 2, 1), Y[:, ::2])
+
+
+@pytest.mark.parametrize("nb", [0, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_pixel_major_residuals_equal_the_plain_path_bitwise(rng, nb, dtype):
+    # 40 frames: two gathered blocks; 181 x 191 pixels: two bands, split mid-row
+    n, hw = 40, (181, 191)
+    P = hw[0] * hw[1]
+    A, Ct, b, ft, Y = _problem(rng, n=n, P=P, K=6, nb=nb)
+    A = _blobs(rng, P, 6)
+    Ypm = _pixel_major(Y.reshape(n, *hw), T=n + 3, t0=2)
+    got = np.empty((n, P), dtype)
+    frames(got, A, Ct, b, ft, Ypm)
+    plain = np.empty((n, P), dtype)
+    frames(plain, A, Ct, b, ft, Y)  # flat rows: the frame-by-frame path
+    np.testing.assert_array_equal(got, plain)
+
+
 def _blobs(rng, P, K):
     """CSC footprints of contiguous pixel runs of every length 1..40 (the kernels add runs as
     masked vectors of 8: 1, 2 or more vectors, partial last ones), some crossing the
@@ -97,6 +158,7 @@ def _blobs(rng, P, K):
         for _ in range(4):
             n = int(rng.integers(1, 41))
             s = int(rng.integers(0, P - n)) if k % 3 else 32768 * int(rng.integers(1, 3)) - n // 2
+            s = min(s, P - n)  # (small frames: the band edge is past the end)
             A[s : s + n, k] = rng.uniform(0.1, 1.0, n)
     return A.tocsc()
 

@@ -217,19 +217,24 @@ def test_frames_come_from_the_factors_not_dask(rng):
         cd.residuals(m)[5]
 
 
-@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("layout", ["C", "F", "pixel-major"])
 def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, layout):
     import caiman_dask._movies as movies
 
     monkeypatch.setattr(movies, "_CORES", 2)  # as on any multi-core machine
-    calls = []
+    calls, gathered = [], []
 
     def spy(out, *args):
         calls.append(args[-1])
         return residual_bands(out, *args)
 
-    residual_bands = movies.residual_bands
+    def gather_spy(z, y, pixels):
+        gathered.append((pixels.start, pixels.stop))
+        return gather(z, y, pixels)
+
+    residual_bands, gather = movies.residual_bands, movies.gather_pixel_major
     monkeypatch.setattr(movies, "residual_bands", spy)
+    monkeypatch.setattr(movies, "gather_pixel_major", gather_spy)
     dims, T, K = (181, 800), 4, 12  # 5 bands of 32768 pixels
     P = math.prod(dims)
     A = scipy.sparse.random(P, K, density=0.01, random_state=rng, format="csc")
@@ -239,6 +244,10 @@ def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, l
         path = tmp_path / f"y_d1_{dims[0]}_d2_{dims[1]}_d3_1_order_F_frames_{T}.mmap"
         np.stack([y.ravel(order="F") for y in Y]).tofile(path)
         m = cd.from_arrays(A, C, b=b, f=f, Y=path, dims=dims)
+    elif layout == "pixel-major":  # CaImAn's order-C memmap (P, T), the one CNMF reads
+        path = tmp_path / f"y_d1_{dims[0]}_d2_{dims[1]}_d3_1_order_C_frames_{T}.mmap"
+        np.ascontiguousarray(Y.reshape(T, -1, order="F").T).tofile(path)
+        m = cd.from_arrays(A, C, b=b, f=f, Y=path, dims=dims)
     else:
         m = cd.from_arrays(A, C, b=b, f=f, Y=Y, dims=dims)
     res, ref = cd.residuals(m), dense_reference(m, "residuals")
@@ -246,6 +255,10 @@ def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, l
         assert_close_scaled(res[t], ref[t], rtol=1e-12)
     # each of the 3 frames: bands 0-1 on one core, 2-4 on the other
     assert sorted((r.start, r.stop) for r in calls) == [(0, 2)] * 3 + [(2, 5)] * 3
+    # a pixel-major movie's frames are first gathered, half of the pixels by each core
+    half = P // 2
+    expect = [(0, half)] * 3 + [(half, P)] * 3 if layout == "pixel-major" else []
+    assert sorted(gathered) == expect
     assert_close_scaled(res[1:3], ref[1:3], rtol=1e-12)  # as many frames as cores: by frame
     assert len(calls) == 6
 
