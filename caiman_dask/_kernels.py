@@ -259,13 +259,16 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
     """``dst[d0 + c * ds + r] = src[s0 + r * ss + c]`` for ``r, c < 8``: one 8 × 8 block.
 
     Eight vector loads, the classic three-stage shuffle network (pairs, quads, halves), eight
-    vector stores, with the conversion to ``dst``'s dtype done on whole vectors. Numba's scalar
+    vector stores, with the conversion to ``dst``'s dtype (a float; or the same dtype) done on
+    whole vectors. Numba's scalar
     loops cannot emit shuffles; LLVM lowers these to the machine's own (AVX, SSE, NEON).
     ``src`` / ``dst``: 1D contiguous float arrays; offsets and strides in elements; no bounds
     checks (the caller guarantees the block is inside both arrays).
     """
     if src.layout != "C" or dst.layout != "C":
         return None  # (a typing error, never a silently wrong stride)
+    if src.dtype != dst.dtype and not isinstance(dst.dtype, types.Float):
+        return None  # converts only into floats
     sig = types.void(src, types.intp, types.intp, dst, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
@@ -293,10 +296,13 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
             quads += [shuffle(pairs[a], pairs[b], lo2), shuffle(pairs[a], pairs[b], hi2)]
         cols = [shuffle(quads[k], quads[k + 4], [0, 1, 2, 3, 8, 9, 10, 11]) for k in range(4)]
         cols += [shuffle(quads[k], quads[k + 4], [4, 5, 6, 7, 12, 13, 14, 15]) for k in range(4)]
-        wider = d_el.get_abi_size(context.target_data) > s_el.get_abi_size(context.target_data)
+        size = d_el.get_abi_size(context.target_data) - s_el.get_abi_size(context.target_data)
         for c, v in enumerate(cols):
-            if s_el != d_el:
-                v = builder.fpext(v, d_vec) if wider else builder.fptrunc(v, d_vec)
+            if src_ty.dtype != dst_ty.dtype:
+                if isinstance(src_ty.dtype, types.Integer):  # (a TIFF's uint16 frames)
+                    v = (builder.sitofp if src_ty.dtype.signed else builder.uitofp)(v, d_vec)
+                else:
+                    v = builder.fpext(v, d_vec) if size > 0 else builder.fptrunc(v, d_vec)
             builder.store(v, at(dst_p, d0_v, ds_v, c, d_vec), align=1)
         return context.get_dummy_value()
 
@@ -469,7 +475,7 @@ def pixel_major(Y: np.ndarray, npix: int) -> bool:
     """Whether ``Y`` is ``(n, h, w)`` frames of a pixel-major movie (a CaImAn ``order_C``
     memmap, the one CNMF reads): ``Y[t, i, j]`` at element ``t + s * (i + h * j)``, ``s >= n``.
     """
-    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or Y.dtype.kind != "f":
+    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or not _numeric(Y):
         return False
     n, h, _ = Y.shape
     it = Y.itemsize
@@ -498,9 +504,14 @@ def fused(Y: np.ndarray, npix: int) -> bool:
     """Whether :func:`residual_bands` takes movie frames ``Y``: ``(n, h, w)`` 2D frames of
     ``npix`` pixels, stored frame after frame in C or Fortran pixel order (a frame-major memmap;
     not a pixel-major one, whose frames are strided)."""
-    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y):
+    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or not _numeric(Y):
         return False
     return Y.flags.c_contiguous or Y.transpose(0, 2, 1).flags.c_contiguous
+
+
+def _numeric(Y: np.ndarray) -> bool:
+    """Whether the compiled kernels read ``Y``'s dtype (native-endian floats and integers)."""
+    return Y.dtype.kind in "fiu" and Y.dtype.isnative
 
 
 def _operands(
@@ -620,9 +631,11 @@ def frames(
     minus = dt.type(-1.0)
     for t in range(n):
         o = out[t]
-        # NumPy reorders a strided (pixel-major memmap) or 3D frame fastest in its own dtype;
-        # then one pass subtracts the background
+        # NumPy reorders a strided or 3D frame fastest in its own dtype; then it is taken in
+        # the output's dtype, as the fused kernel reads it, and one pass subtracts the background
         y = np.ascontiguousarray(Y[t]).reshape(-1)
+        if y.dtype != dt:
+            y = y.astype(dt)
         _set_minus_lowrank(o, y, b, ft[t])
         _add_runs(o, *runs, Ct[t], minus)
 

@@ -609,17 +609,10 @@ def _prepare_b_blocks(
 # ---------------------------------------------------------------------------------------------
 
 
-class Residuals(Movie):
-    """The residual movie ``Y − A·C − B`` (see :func:`residuals`)."""
-
-    kind = "residuals"
-
-    def __init__(self, model: CNMFModel, *, dtype: Any, frame_chunk: int | None) -> None:
-        super().__init__(model, dtype=dtype, frame_chunk=frame_chunk)
-        self._rcm = RCM(
-            model, model.components("all"), model.C, "C", dtype=dtype, frame_chunk=frame_chunk
-        )
-        self._rcb = RCB(model, dtype=dtype, frame_chunk=frame_chunk) if model.nb else None
+class _FromMovie(Movie):
+    """Frames computed from the movie ``Y`` (residuals, the raw movie): ``Y``'s frames are read
+    as views of the file, then one frame kernel (:func:`~._kernels.frames`) reorders them into
+    C order and subtracts what :meth:`_operands` gives."""
 
     def _read_y(self, times: np.ndarray, crop: _Cropped) -> np.ndarray:
         src = self.model.movie_source
@@ -628,14 +621,7 @@ class Residuals(Movie):
 
     def _operands(self, times: np.ndarray, crop: _Cropped, y: np.ndarray) -> tuple[Any, ...]:
         """``A, Ct, b, ft, Y`` of :func:`~._kernels.frames` for frames ``times`` of ``crop``."""
-        rcb = self._rcb
-        return (
-            self._rcm._footprints(crop),
-            self._rcm._Ct[times],
-            None if rcb is None else rcb._background(crop),
-            None if rcb is None else rcb._ft[times],
-            y,
-        )
+        raise NotImplementedError
 
     def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
         frames(out, *self._operands(times, crop, self._read_y(times, crop)))
@@ -660,6 +646,29 @@ class Residuals(Movie):
         bands = [range(a, b) for a, b in pairwise(_shares(n_bands(npix), _CORES))]
         _in_parallel(lambda part: residual_bands(out, *args, part), bands)
         return out.reshape((n, *crop.shape))
+
+
+class Residuals(_FromMovie):
+    """The residual movie ``Y − A·C − B`` (see :func:`residuals`)."""
+
+    kind = "residuals"
+
+    def __init__(self, model: CNMFModel, *, dtype: Any, frame_chunk: int | None) -> None:
+        super().__init__(model, dtype=dtype, frame_chunk=frame_chunk)
+        self._rcm = RCM(
+            model, model.components("all"), model.C, "C", dtype=dtype, frame_chunk=frame_chunk
+        )
+        self._rcb = RCB(model, dtype=dtype, frame_chunk=frame_chunk) if model.nb else None
+
+    def _operands(self, times: np.ndarray, crop: _Cropped, y: np.ndarray) -> tuple[Any, ...]:
+        rcb = self._rcb
+        return (
+            self._rcm._footprints(crop),
+            self._rcm._Ct[times],
+            None if rcb is None else rcb._background(crop),
+            None if rcb is None else rcb._ft[times],
+            y,
+        )
 
     def stats_parts(self, corr: bool, window: tuple[int, int] | None = None) -> list[Any]:
         """Per-time-block delayed statistics of the residuals, straight from ``Y``'s blocks.
@@ -732,16 +741,19 @@ class Residuals(Movie):
 # ---------------------------------------------------------------------------------------------
 
 
-class Raw(Movie):
-    """The movie ``Y`` itself, with the same interface as the reconstructions (see :func:`raw`)."""
+class Raw(_FromMovie):
+    """The movie ``Y`` itself, with the same interface as the reconstructions (see :func:`raw`).
+
+    Frames come from the frame kernel with nothing to subtract (an exact conversion), so the
+    movie is reordered as fast as the residuals are computed.
+    """
 
     kind = "raw"
 
-    def _fill(self, out: np.ndarray, times: np.ndarray, crop: _Cropped) -> None:
-        src = self.model.movie_source
-        assert src is not None
-        y = src.read((_time_key(times), *crop.sel))
-        out.reshape(y.shape)[...] = y
+    def _operands(self, times: np.ndarray, crop: _Cropped, y: np.ndarray) -> tuple[Any, ...]:
+        npix, n = math.prod(crop.shape), len(times)
+        none = self._op(("none", npix), lambda: _no_footprints(npix, self._dtype))
+        return none, np.zeros((n, 0), self._dtype), None, None, y
 
     def _build_dask(self) -> da.Array:
         y = self.model.Y

@@ -149,6 +149,30 @@ def test_pixel_major_residuals_equal_the_plain_path_bitwise(rng, nb, dtype):
     np.testing.assert_array_equal(got, plain)
 
 
+@pytest.mark.parametrize("ydtype", [np.uint16, np.int16, np.uint8, ">f4", np.float64])
+@pytest.mark.parametrize("layout", ["C", "F", "pixel-major"])
+def test_integer_and_foreign_endian_movies_take_every_path(rng, ydtype, layout):
+    # TIFF movies are often uint16 (and HDF5 ones may be big-endian): every frame path
+    # converts them exactly as the plain path does
+    n, hw = 9, (37, 45)
+    P = hw[0] * hw[1]
+    A, Ct, b, ft, Y = _problem(rng, n=n, P=P, K=5)
+    Y = (rng.random((n, P)) * 200 - (50 if np.dtype(ydtype).kind == "i" else 0)).astype(ydtype)
+    frames3 = Y.reshape(n, *hw)
+    if layout == "pixel-major":
+        Yl = _pixel_major(frames3, T=n + 2, t0=1)
+    else:
+        Yl = _frames_in(frames3, layout)
+    for dtype in (np.float64, np.float32):
+        got = np.empty((n, P), dtype)
+        frames(got, A, Ct, b, ft, Yl)
+        plain = np.empty((n, P), dtype)
+        frames(plain, A, Ct, b, ft, Y)  # flat rows: the frame-by-frame path
+        np.testing.assert_array_equal(got, plain)
+    ref = frames_reference(A, Ct, b, ft, Y.astype(np.float64))
+    assert_close_scaled(got, ref, rtol=1e-5)
+
+
 def _blobs(rng, P, K):
     """CSC footprints of contiguous pixel runs of every length 1..40 (the kernels add runs as
     masked vectors of 8: 1, 2 or more vectors, partial last ones), some crossing the

@@ -261,6 +261,27 @@ def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, l
     assert sorted(gathered) == expect
     assert_close_scaled(res[1:3], ref[1:3], rtol=1e-12)  # as many frames as cores: by frame
     assert len(calls) == 6
+    # the raw movie takes the same paths, with nothing subtracted: exactly Y
+    raw = cd.raw(m)
+    for key in (0, -1, slice(1, 3), (slice(None), slice(5, 20), slice(None, None, 3))):
+        np.testing.assert_array_equal(raw[key], Y[key])
+    np.testing.assert_array_equal(cd.raw(m, dtype=np.float64)[2], Y[2].astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [None, np.float64])
+def test_raw_frames_of_an_integer_movie_are_exact(rng, dtype):
+    dims, T = (40, 300), 6  # (TIFF movies are often uint16)
+    Y = rng.integers(0, 60000, size=(T, *dims)).astype(np.uint16)
+    P = math.prod(dims)
+    A = scipy.sparse.random(P, 3, density=0.05, random_state=rng, format="csc")
+    b, f = rng.normal(size=(P, 1)), rng.normal(size=(1, T))
+    m = cd.from_arrays(A, rng.normal(size=(3, T)), b=b, f=f, Y=Y, dims=dims)
+    raw = cd.raw(m, dtype=dtype)
+    want = np.dtype(dtype or np.float32)
+    assert raw.dtype == want and raw[0].dtype == want
+    np.testing.assert_array_equal(raw[:], Y.astype(want))
+    np.testing.assert_array_equal(raw[4, ::7], Y[4, ::7].astype(want))
+    assert_close_scaled(cd.residuals(m)[1:4], dense_reference(m, "residuals")[1:4], rtol=1e-12)
 
 
 def test_custom_traces(rng):
