@@ -453,19 +453,39 @@ def read_caiman_hdf5(path: Path) -> dict[str, Any]:
     return out
 
 
-def caiman_memmap_images(path: Path, dims: Sequence[int], T: int) -> np.ndarray:
-    """A frame-major (``order_F``) CaImAn memmap as mesmerize-core's ``get_input_movie`` sees it.
+def caiman_memmap_images(path: Path, dims: Sequence[int], T: int, order: str = "F") -> np.ndarray:
+    """A CaImAn memmap as mesmerize-core's ``get_input_movie`` sees it.
 
-    ``Yr`` is ``(P, T)`` Fortran-ordered (what ``caiman.load_memmap`` returns), and
-    ``images = np.reshape(Yr.T, [T] + dims, order="F")``: a zero-copy ``(T, *dims)`` view whose
-    frames are Fortran-ordered.
+    ``Yr`` is ``(P, T)`` in the file's order (what ``caiman.load_memmap`` returns: Fortran for a
+    frame-major ``order_F`` file, C for CNMF's pixel-major ``order_C`` one) and
+    ``images = np.reshape(Yr.T, [T] + dims, order="F")``: a zero-copy ``(T, *dims)`` view.
     """
     P = math.prod(dims)
-    Yr = np.memmap(path, np.float32, "r", shape=(P, T), order="F")
+    Yr = np.memmap(path, np.float32, "r", shape=(P, T), order=order)
     images = np.reshape(Yr.T, [T, *dims], order="F")
     if not np.shares_memory(images, Yr):
         raise RuntimeError("expected a view of the memmap")
     return images
+
+
+def pixel_major_copy(src: Path, dims: Sequence[int], T_src: int, T: int) -> Path:
+    """The first ``T`` frames of the frame-major memmap ``src`` as a pixel-major CaImAn memmap
+    (``order_C``, what ``cm.save_memmap(order='C')`` writes for CNMF), beside it; written once,
+    reused when it exists with the right size."""
+    d3 = dims[2] if len(dims) > 2 else 1
+    P = math.prod(dims)
+    dst = src.with_name(f"pixel_major_d1_{dims[0]}_d2_{dims[1]}_d3_{d3}_order_C_frames_{T}.mmap")
+    if dst.exists() and dst.stat().st_size == P * T * 4:
+        return dst
+    frames = np.memmap(src, np.float32, "r", shape=(T_src, P))
+    tmp = dst.with_suffix(".partial")
+    out = np.memmap(tmp, np.float32, "w+", shape=(P, T))
+    for p0 in range(0, P, 8192):
+        out[p0 : p0 + 8192] = frames[:T, p0 : p0 + 8192].T
+    out.flush()
+    del out
+    tmp.rename(dst)
+    return dst
 
 
 class MesmerizeUnavailable(RuntimeError):

@@ -26,11 +26,13 @@ Usage::
     python benchmarks/bench_frames.py            # full size (writes ~8.4 GB once, reuses it)
     python benchmarks/bench_frames.py --quick    # 128×128, T=1000, K=60
     python benchmarks/bench_frames.py --data-dir /big/disk --no-float32
+    python benchmarks/bench_frames.py --pixel-major 2000  # CNMF's order_C memmap, 2000 frames
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -58,6 +60,7 @@ from _common import (
     machine_header,
     memory_summary,
     mesmerize_version,
+    pixel_major_copy,
     print_table,
     read_caiman_hdf5,
     time_call,
@@ -190,16 +193,26 @@ def run_section(
 
         mapped_floor = _measure(overwrite, starts, sr, budget)
 
-        # A residual slice reads 100 movie frames too: copy them, in the file's own pixel order
+        # A residual slice reads 100 movie frames too: copy them, in the file's own order
         # (no reordering, no arithmetic), into 100 mapped output frames, split as above.
-        yflat = images.transpose(0, 2, 1).reshape(len(images), -1)  # frame-major: no copy
-        assert np.shares_memory(yflat, images)
-        out = np.ones((SLICE, yflat.shape[1]), dtype)
+        T, P = len(images), math.prod(images.shape[1:])
+        pixel_major = not images.transpose(0, 2, 1).flags.c_contiguous
+        if pixel_major:  # (P, T) rows: copy each pixel's run of 100 values
+            rows = images.transpose(2, 1, 0).reshape(P, T)
+            out = np.ones((P, SLICE), dtype)
+        else:  # frame-major: copy whole frames
+            rows = images.transpose(0, 2, 1).reshape(T, P)
+            out = np.ones((SLICE, P), dtype)
+        assert np.shares_memory(rows, images)
         bounds = [(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(SLICE), len(parts))]
 
         def read_movie(t: int, out: np.ndarray = out) -> None:
             def copy(ab: tuple[int, int]) -> None:
-                np.copyto(out[ab[0] : ab[1]], yflat[t + ab[0] : t + ab[1]])
+                a, b = ab
+                if pixel_major:
+                    np.copyto(out[:, a:b], rows[:, t + a : t + b])
+                else:
+                    np.copyto(out[a:b], rows[t + a : t + b])
 
             list(ex.map(copy, bounds))
 
@@ -340,6 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-float32", action="store_true", help="skip the float32 section")
     p.add_argument("--no-naive", action="store_true", help="skip the naive dask baseline")
     p.add_argument("--budget", type=float, default=None, help="seconds per measured operation")
+    p.add_argument(
+        "--pixel-major",
+        type=int,
+        metavar="T",
+        default=0,
+        help="instead of the frame-major memmap, read the movie from a pixel-major (order_C) "
+        "CaImAn memmap of its first T frames (CNMF's own input; written once beside it)",
+    )
     args = p.parse_args(argv)
 
     spec = QUICK if args.quick else FULL
@@ -360,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     model = benchmark_model(spec, args.data_dir)
     h5 = Path(model.files["cnmf"])
     mmap = Path(model.files["movie"])
+    order = "F"
+    if args.pixel_major:
+        T = min(args.pixel_major, model.T)
+        mmap, order = pixel_major_copy(mmap, model.dims, model.T, T), "C"
+        m = model
+        model = cd.from_arrays(m.A, m.C[:, :T], b=m.b, f=m.f[:, :T], Y=mmap, dims=m.dims, fr=m.fr)
     print(f"model: {model}")
     print(f"movie: {mmap.name} ({mmap.stat().st_size / 1e9:.2f} GB)")
     secs = warm_page_cache(mmap)
@@ -368,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({mmap.stat().st_size / 1e9 / max(secs, 1e-9):.1f} GB/s)"
     )
     factors = read_caiman_hdf5(h5)
-    images = caiman_memmap_images(mmap, factors["dims"], model.T)
+    factors["C"], factors["f"] = factors["C"][:, : model.T], factors["f"][:, : model.T]
+    images = caiman_memmap_images(mmap, factors["dims"], model.T, order)
     nnz = factors["A"].nnz
     print(f"A: {nnz:,} non-zeros ({nnz / model.K:.0f} px per footprint)")
 
