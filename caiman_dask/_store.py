@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -372,10 +373,24 @@ def to_zarr(
 
         _step(prog, f"projections-{n}", zarr_format, write_proj)
 
-    # complete: drop progress markers, then flip the flag (last write)
+    # complete: drop progress markers and writes a kill cut short, then flip the flag (last)
     shutil.rmtree(path / "_progress", ignore_errors=True)
+    _remove_partial_writes(path)
     _set_root_attrs_atomic(path, zarr_format, _root_meta(model, params, complete=True))
     return path
+
+
+#: zarr's LocalStore writes ``<file>.<uuid4 hex>.partial``, then renames it; a process killed
+#: in between leaves it behind (never read by zarr).
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def _remove_partial_writes(path: Path) -> None:
+    """Delete the temporary files of chunk writes interrupted by a kill (their chunks have
+    been written again since), so a resumed store holds the same files as a fresh one."""
+    for p in path.rglob("*.partial"):
+        if _PARTIAL.search(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
 
 
 def _available(model: CNMFModel, name: str) -> bool:

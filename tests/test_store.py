@@ -161,6 +161,39 @@ def test_killed_export_resumes_byte_identical(syn, tmp_path, wait_markers):
     assert cd.store_info(killed)["complete"] is True
 
 
+def test_resumed_export_drops_chunk_writes_cut_short(syn, tmp_path, monkeypatch):
+    # zarr writes each chunk to "<chunk>.<uuid4 hex>.partial" and then renames it; a kill in
+    # between leaves that file behind. The resumed export rewrites the chunk and must not keep
+    # the leftover: a complete store holds exactly the files of a fresh one.
+    import uuid
+
+    import dask
+
+    import caiman_dask._store as store
+
+    clean = cd.to_zarr(syn, tmp_path / "clean.zarr", chunk_frames=2, progress=False)
+    out = tmp_path / "out.zarr"
+    leftover = out / "residuals" / "0" / "c" / "3" / "0" / f"0.{uuid.uuid4().hex}.partial"
+    real, writes = store._MarkedTarget.__setitem__, []
+
+    def killed_midway(self, key, value):
+        writes.append(key)
+        if len(writes) == 30:  # what a kill in the middle of this write leaves
+            leftover.parent.mkdir(parents=True, exist_ok=True)
+            leftover.write_bytes(b"cut short")
+            raise KeyboardInterrupt
+        real(self, key, value)
+
+    monkeypatch.setattr(store._MarkedTarget, "__setitem__", killed_midway)
+    with dask.config.set(scheduler="sync"), pytest.raises(KeyboardInterrupt):
+        cd.to_zarr(syn, out, chunk_frames=2, progress=False)
+    monkeypatch.undo()
+    assert leftover.exists() and cd.store_info(out)["complete"] is False
+    cd.to_zarr(syn, out, chunk_frames=2, progress=False)
+    assert not leftover.exists()
+    assert_stores_identical(clean, out)
+
+
 def test_memory_is_bounded_independently_of_T(tmp_path):
     """Peak RSS of an export in a fresh process grows far less than the movie size."""
     script = """
