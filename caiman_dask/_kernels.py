@@ -259,10 +259,10 @@ def _transpose8(typingctx, src, s0, ss, dst, d0, ds):  # pragma: no cover - comp
     """``dst[d0 + c * ds + r] = src[s0 + r * ss + c]`` for ``r, c < 8``: one 8 × 8 block.
 
     Eight vector loads, the classic three-stage shuffle network (pairs, quads, halves), eight
-    vector stores, with the conversion to ``dst``'s dtype (a float; or the same dtype) done on
-    whole vectors. Numba's scalar
+    vector stores, with the conversion to ``dst``'s dtype done on whole vectors. Numba's scalar
     loops cannot emit shuffles; LLVM lowers these to the machine's own (AVX, SSE, NEON).
-    ``src`` / ``dst``: 1D contiguous float arrays; offsets and strides in elements; no bounds
+    ``src`` / ``dst``: 1D contiguous arrays, ``dst`` of ``src``'s dtype or a float one (``src``
+    may hold integers, e.g. a TIFF's uint16 frames); offsets and strides in elements; no bounds
     checks (the caller guarantees the block is inside both arrays).
     """
     if src.layout != "C" or dst.layout != "C":
@@ -439,9 +439,8 @@ _GATHER_TILE = 512
 @numba.njit(cache=True, nogil=True)
 def _gather_pixel_major(z, src, s, n, P, pa, pb):  # pragma: no cover - compiled
     """``z[t * P + p] = src[p * s + t]`` for ``t < n``, ``pa <= p < pb``: frames of ``P``
-    pixels out of a pixel-major
-    block (each pixel's ``n`` values contiguous, pixels ``s`` apart), 8 pixels × 8 frames at a
-    time (:func:`_transpose8`).
+    pixels out of a pixel-major block (each pixel's ``n`` values contiguous, pixels ``s``
+    apart), 8 pixels × 8 frames at a time (:func:`_transpose8`).
 
     Tiles of :data:`_GATHER_TILE` pixels × 8 frames: a tile reads one short run from each of
     its pixels' rows (a page each: few enough for the TLB; the next tile of frames reads the
@@ -475,7 +474,7 @@ def pixel_major(Y: np.ndarray, npix: int) -> bool:
     """Whether ``Y`` is ``(n, h, w)`` frames of a pixel-major movie (a CaImAn ``order_C``
     memmap, the one CNMF reads): ``Y[t, i, j]`` at element ``t + s * (i + h * j)``, ``s >= n``.
     """
-    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or not _numeric(Y):
+    if not _frames_2d(Y, npix):
         return False
     n, h, _ = Y.shape
     it = Y.itemsize
@@ -504,9 +503,15 @@ def fused(Y: np.ndarray, npix: int) -> bool:
     """Whether :func:`residual_bands` takes movie frames ``Y``: ``(n, h, w)`` 2D frames of
     ``npix`` pixels, stored frame after frame in C or Fortran pixel order (a frame-major memmap;
     not a pixel-major one, whose frames are strided)."""
-    if Y.ndim != 3 or Y.shape[1] * Y.shape[2] != npix or not len(Y) or not _numeric(Y):
+    if not _frames_2d(Y, npix):
         return False
     return Y.flags.c_contiguous or Y.transpose(0, 2, 1).flags.c_contiguous
+
+
+def _frames_2d(Y: np.ndarray, npix: int) -> bool:
+    """Whether ``Y`` is a non-empty ``(n, h, w)`` block of 2D frames of ``npix`` pixels in a
+    dtype the compiled kernels read."""
+    return Y.ndim == 3 and Y.shape[1] * Y.shape[2] == npix and len(Y) > 0 and _numeric(Y)
 
 
 def _numeric(Y: np.ndarray) -> bool:
@@ -586,7 +591,8 @@ def frames(
     :func:`footprint_runs`). Without a movie that is :func:`_model_bands`; 2D movie frames
     stored frame by frame (C order, or a frame-major memmap's Fortran order; see
     :func:`fused`) take :func:`residual_bands`, with the movie's frames reordered in cache as
-    they are read. Other movies (3D, or a pixel-major memmap's strided frames) go frame by
+    they are read; a pixel-major memmap's frames (see :func:`pixel_major`) are first gathered
+    into frame-major scratch a block at a time. Other movies (3D, other strides) go frame by
     frame. Every path does the same arithmetic per pixel: results are bitwise the same.
 
     Parameters
@@ -640,6 +646,7 @@ def frames(
         _add_runs(o, *runs, Ct[t], minus)
 
 
+#: Pixels per tile of :func:`_moments_update` (tile accumulators stay in L2).
 _TILE = 2048
 #: Frames per call of :func:`_moments_update` (bounds its footprint-product buffer).
 _SUB_FRAMES = 32

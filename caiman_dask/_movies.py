@@ -627,7 +627,8 @@ class _FromMovie(Movie):
         frames(out, *self._operands(times, crop, self._read_y(times, crop)))
 
     def _frames(self, times: np.ndarray, crop: _Cropped) -> np.ndarray:
-        """Fewer frames than cores (``res[t]``): the cores share each frame, band by band."""
+        """Fewer frames than cores (``res[t]``, ``raw[t]``): the cores share each frame, band
+        by band (a pixel-major movie's frames are first gathered, pixels split between them)."""
         n, npix = len(times), math.prod(crop.shape)
         few = _CORES > 1 and 0 < n < _CORES and n_bands(npix) >= _PARALLEL_BANDS
         if not few or len(crop.shape) != 2:  # (3D frames: not read here, then again below)
