@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def fresh() -> Any:
+        cd.forget_statistics()  # nothing cached from an earlier run
         return cd.open_cnmf(h5, movie=movie)
 
     out_root = Path(tempfile.mkdtemp(prefix="bench_distributed_", dir=args.out_dir))

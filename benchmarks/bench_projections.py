@@ -168,10 +168,13 @@ def structured_section(
         flush=True,
     )
     t0 = time.perf_counter()
+    cd.forget_statistics()  # (statistics are cached by what a movie is made of)
     first = cd.project(make_movie(), KINDS4)
     out_times["ours_first"] = time.perf_counter() - t0
     print(f"[{name}]   {fmt_s(out_times['ours_first'])}; timing ours ...", flush=True)
-    out_times["ours"] = _med(lambda: cd.project(make_movie(), KINDS4), reps, 20.0)
+    out_times["ours"] = _med(
+        lambda: (cd.forget_statistics(), cd.project(make_movie(), KINDS4))[1], reps, 20.0
+    )
     print(
         f"[{name}]   median {fmt_s(out_times['ours'])}; brute force (dense float64, "
         f"{BRUTE_CHUNK}-frame chunks) ...",
@@ -345,17 +348,21 @@ def residual_breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
     Calls what the dask tasks call (``Y.blocks[i]``, the residual block function with the
     movie's prepared operators, ``block_stats``); uses private helpers, for diagnosis only.
     """
-    from caiman_dask._kernels import frames, prepare_moments
-    from caiman_dask._movies import _Cropped, _residual_block, _residual_block_moments
+    from caiman_dask._frame_kernels import frames
+    from caiman_dask._graph import _movie_block, background_op, footprint_op
+    from caiman_dask._index import full_crop
+    from caiman_dask._moment_kernels import prepare_moments
+    from caiman_dask._statistics import _residual_block_moments
 
     m = cd.open_cnmf(h5, movie=mmap)
     res = cd.residuals(m)
     chunks = res.time_chunks
     starts = np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int)
     pick = np.unique(np.linspace(0, len(chunks) - 1, min(n_sample, len(chunks))).astype(int))
-    full = _Cropped(None, m.dims, (False,) * len(m.dims))
-    opA = res._rcm._footprints(full)
-    opB = None if res._rcb is None else res._rcb._background(full)
+    full = full_crop(m.dims)
+    opA = res._engine.footprints(full)  # (the kernel's sign: Y − (b·f + A·C))
+    opB = res._engine.background(full)
+    plan = res._engine.plan
     C = np.asarray(m._host.C)
     f = None if m._host.f is None else np.asarray(m._host.f)
     P = math.prod(m.dims)
@@ -366,17 +373,16 @@ def residual_breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
         return arr.to_delayed().ravel()[0].compute(scheduler="sync")
 
     # the fused pass's operators, in both pixel orders (as its tasks get them)
-    mops = [
-        prepare_moments(
-            op(res._rcm.footprint_op(o)[0]),
-            None if res._rcb is None else op(res._rcb.background_op(o)[0]),
-        )
-        for o in ("C", "F")
-    ]
+    desc = res.description
+    mops = []
+    for o in ("C", "F"):
+        b_op = background_op(desc, res.dtype, o)
+        a_op = op(footprint_op(desc, res.dtype, o))
+        mops.append(prepare_moments(a_op, None if b_op is None else op(b_op)))
     views = m.movie_source.views  # CaImAn memmap: zero-copy blocks
     if views is not None:  # load the compiled kernel outside the timings
         fb0 = None if f is None else f[:, :1]
-        _residual_block_moments(views[0:1], *mops, C[:, :1], fb0, dims=m.dims)
+        _residual_block_moments(views[0:1], *mops, [C[:, :1]], fb0, dims=m.dims)
     keys = ("read", "block", "kernel", "stats", "statsc", "fast", "fused")
     tot = dict.fromkeys(keys, 0.0)
     nfr = 0
@@ -386,15 +392,8 @@ def residual_breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
         ts = [time.perf_counter()]
         y = m.Y.blocks[int(i)].compute(scheduler="sync")  # the read task (C-ordered float32)
         ts.append(time.perf_counter())
-        blk = _residual_block(
-            y,
-            opA,
-            C[:, t0:t1],
-            opB,
-            None if f is None else f[:, t0:t1],
-            dims=m.dims,
-            out_dtype=res.dtype,
-        )  # the residual task
+        fb = None if f is None else f[:, t0:t1]
+        blk = _movie_block(y, opA, opB, fb, None, None, C[:, t0:t1], plan=plan)  # the task
         ts.append(time.perf_counter())
         frames(buf[:n], opA, C[:, t0:t1].T, opB, None if f is None else f[:, t0:t1].T, y)
         ts.append(time.perf_counter())
@@ -405,8 +404,7 @@ def residual_breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
         res[t0:t1]  # the viewer fast path (reads the Fortran-ordered frames directly)
         ts.append(time.perf_counter())
         if views is not None:  # the fused pass on the file's own view of the chunk
-            fb = None if f is None else f[:, t0:t1]
-            _residual_block_moments(views[t0:t1], *mops, C[:, t0:t1], fb, dims=m.dims)
+            _residual_block_moments(views[t0:t1], *mops, [C[:, t0:t1]], fb, dims=m.dims)
         ts.append(time.perf_counter())
         for k, a, b in zip(keys, ts[:-1], ts[1:], strict=True):
             tot[k] += b - a
@@ -460,6 +458,7 @@ def residual_section(
         flush=True,
     )
     read()
+    cd.forget_statistics()  # a fresh model: nothing cached
     m1 = cd.open_cnmf(h5, movie=mmap)
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -468,6 +467,7 @@ def residual_section(
     cpu_pass = time.process_time() - c0
     print(f"[residuals]   residual pass (mean,std,min,max): {fmt_s(t_pass)}", flush=True)
     read()
+    cd.forget_statistics()
     m2 = cd.open_cnmf(h5, movie=mmap)
     c0 = time.process_time()
     t0 = time.perf_counter()

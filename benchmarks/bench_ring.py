@@ -176,19 +176,20 @@ def _line(label: str, seconds: float) -> str:
 
 def _breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
     """Single-threaded per-chunk times of the pass's tasks (private helpers; diagnosis only)."""
-    from caiman_dask._kernels import frames
-    from caiman_dask._movies import _Cropped
+    from caiman_dask._frame_kernels import frames
+    from caiman_dask._graph import _movie_block
+    from caiman_dask._index import full_crop
     from caiman_dask._ring import ring_frames
-    from caiman_dask._ring_movie import _ring_block
 
     m = cd.open_cnmf(h5, movie=mmap)
     rcb, res = cd.rcb(m), cd.residuals(m)
     chunks = res.time_chunks
     starts = np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int)
     pick = np.unique(np.linspace(0, len(chunks) - 1, min(n_sample, len(chunks))).astype(int))
-    full = _Cropped(None, m.dims, (False,) * len(m.dims))
-    opA = res._rcm._footprints(full)
-    ring = res.ring
+    full = full_crop(m.dims)
+    opA = res._engine.ring.A  # A·C of all components, as the ring uses it
+    ring = res._engine.ring.op
+    rcb_op, res_op = rcb._engine.footprints(full), res._engine.footprints(full)
     C = np.asarray(m._host.C)
     P = math.prod(m.dims)
     dt = res.dtype
@@ -207,9 +208,10 @@ def _breakdown(h5: Path, mmap: Path, n_sample: int) -> list[str]:
         ts.append(time.perf_counter())
         ring_frames(ring, y, ac)
         ts.append(time.perf_counter())
-        _ring_block(y, opA, C[:, t0:t1], ring, part="rcb", dims=m.dims, out_dtype=dt)
+        c = C[:, t0:t1]
+        _movie_block(y, rcb_op, None, None, (ring, opA), c, plan=rcb._engine.plan)
         ts.append(time.perf_counter())
-        blk = _ring_block(y, opA, C[:, t0:t1], ring, part="residuals", dims=m.dims, out_dtype=dt)
+        blk = _movie_block(y, res_op, None, None, (ring, opA), c, c, plan=res._engine.plan)
         ts.append(time.perf_counter())
         _streaming.block_stats(blk, corr=False)
         ts.append(time.perf_counter())
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     read()
+    cd.forget_statistics()  # a fresh model: nothing cached
     m1 = cd.open_cnmf(h5, movie=mmap)
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -308,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_joint = time.process_time() - c0
     print(f"[passes]   joint pass: {fmt_s(t_joint)}", flush=True)
     read()
+    cd.forget_statistics()
     m2 = cd.open_cnmf(h5, movie=mmap)
     c0 = time.process_time()
     t0 = time.perf_counter()

@@ -6,13 +6,12 @@ from ._buffers import release_buffers
 from ._compute import scheduler
 from ._io import MovieSource, open_movie, parse_memmap_name
 from ._model import CNMFModel, from_arrays, open_cnmf
-from ._movies import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
-from ._projections import KINDS, project
-from ._store import StoreError, describe_store, open_zarr, store_info, to_zarr
+from ._movie import RCB, RCM, Movie, Raw, Residuals, raw, rcb, rcm, residuals
+from ._statistics import KINDS, forget_statistics, project
+from ._store import describe_store, open_zarr, store_info, to_zarr
 from ._synthetic import synthetic, write_cnmf_hdf5
+from ._version import __version__
 from ._view import (
-    MissingDependencyError,
-    MovieExistsError,
     Viewer,
     footprint_contours,
     render_frame,
@@ -24,13 +23,18 @@ from .errors import (
     CaimanDaskWarning,
     ComponentError,
     EmptyComponentsWarning,
+    ExpressionError,
     FileFormatError,
+    FrameIndexError,
+    MissingDependencyError,
+    MissingFileError,
+    ModelMismatchError,
+    MovieExistsError,
     NaNWarning,
     OptionError,
     ShapeMismatchError,
+    StoreError,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "KINDS",
@@ -41,8 +45,12 @@ __all__ = [
     "CaimanDaskWarning",
     "ComponentError",
     "EmptyComponentsWarning",
+    "ExpressionError",
     "FileFormatError",
+    "FrameIndexError",
     "MissingDependencyError",
+    "MissingFileError",
+    "ModelMismatchError",
     "Movie",
     "MovieExistsError",
     "MovieSource",
@@ -56,6 +64,7 @@ __all__ = [
     "__version__",
     "describe_store",
     "footprint_contours",
+    "forget_statistics",
     "from_arrays",
     "open_cnmf",
     "open_movie",

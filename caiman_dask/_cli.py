@@ -9,8 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
+import caiman_dask as cd
+
+from ._compute import scheduler
+from ._store import CODECS, ZARR_FORMATS
 from .errors import CaimanDaskError
 
 #: Exit codes: 0 success, 1 a failure while running, 2 bad arguments or input.
@@ -28,8 +33,6 @@ def _median_ms(fn: Any, n: int = 50) -> float:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import caiman_dask as cd
-
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dims = tuple(args.dims)
@@ -86,8 +89,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import caiman_dask as cd
-
     path = Path(args.path)
     if not path.exists():
         print(f"caiman-dask info: {path} does not exist", file=sys.stderr)
@@ -113,8 +114,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _is_cnmf(path: Path) -> bool:
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             return "estimates" in f
@@ -123,10 +122,6 @@ def _is_cnmf(path: Path) -> bool:
 
 
 def _export(args: argparse.Namespace) -> int:
-    import caiman_dask as cd
-
-    from ._compute import scheduler
-
     cnmf = Path(args.cnmf)
     if not cnmf.exists():
         print(f"caiman-dask export: {cnmf} does not exist", file=sys.stderr)
@@ -191,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="the .zarr store to write")
     e.add_argument("--components", default="all", help="all, good, bad or indices 0,3,7")
     e.add_argument("--movies", default=None, help="comma-separated: rcm,rcb,residuals")
-    e.add_argument("--codec", default="zstd", choices=["zstd", "lz4", "none"])
-    e.add_argument("--zarr-format", type=int, default=3, choices=[2, 3])
+    e.add_argument("--codec", default="zstd", choices=list(CODECS))
+    e.add_argument("--zarr-format", type=int, default=3, choices=list(ZARR_FORMATS))
     e.add_argument("--chunk-frames", type=int, default=None)
     e.add_argument("--shard-frames", type=int, default=None)
     e.add_argument("--dtype", default=None, choices=[None, "float32", "float64"])

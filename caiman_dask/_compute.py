@@ -16,16 +16,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
+from dask.diagnostics import ProgressBar
+from dask.sizeof import sizeof
+from dask.task_spec import DataNode, GraphNode
+from distributed import Client, LocalCluster, default_client
+from distributed import progress as show_progress
 
 __all__ = ["active_client", "compute", "scheduler"]
 
 
 def active_client() -> Any:
     """The distributed ``Client`` dask would use now, or ``None`` (local scheduler)."""
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
     try:
         client = default_client()
     except ValueError:
@@ -42,9 +43,12 @@ SCATTER_BYTES = 1 << 20
 
 
 def _literal(value: Any) -> Any:
-    """The data of a graph value that is a literal (not a task), else ``None``."""
-    from dask._task_spec import DataNode, GraphNode
+    """The data of a graph value that is a literal (not a task), else ``None``.
 
+    Graph values are ``dask.task_spec`` nodes (dask's public task specification): a
+    ``DataNode`` wraps a literal, any other ``GraphNode`` (``Task``, ``Alias``, ``List``...)
+    computes something. Legacy graphs may still hold a literal as itself, or a task as a tuple.
+    """
     if isinstance(value, DataNode):
         return value.value
     if isinstance(value, GraphNode) or callable(value) or isinstance(value, tuple):
@@ -58,8 +62,6 @@ def _scatter_literals(client: Any, graphs: Sequence[Any]) -> tuple[list[Any], li
     Returns the rebuilt collections and the futures (keep them alive until the result is
     gathered). Collections without large literals are returned unchanged.
     """
-    from dask.sizeof import sizeof
-
     out: list[Any] = []
     held: list[Any] = []
     for g in graphs:
@@ -95,8 +97,6 @@ def compute(graphs: Sequence[Any], progress: bool = False) -> list[Any]:
     client = active_client()
     if client is None:
         if progress:
-            from dask.diagnostics import ProgressBar
-
             with ProgressBar(minimum=1.0):
                 return list(dask.compute(*graphs))
         return list(dask.compute(*graphs))
@@ -104,9 +104,7 @@ def compute(graphs: Sequence[Any], progress: bool = False) -> list[Any]:
     futures = client.compute(list(graphs))
     try:
         if progress:
-            from distributed import progress as show
-
-            show(futures)
+            show_progress(futures)
         return list(client.gather(futures))
     except KeyboardInterrupt:
         client.cancel(futures)
@@ -124,8 +122,6 @@ def scheduler(address: str | None = None, *, workers: int | None = None) -> Iter
     if address is None and not workers:
         yield None
         return
-    from distributed import Client, LocalCluster
-
     if address is not None:
         with Client(address) as client:
             yield client

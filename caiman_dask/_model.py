@@ -3,7 +3,7 @@
 ``Y ≈ A·C + B + noise`` with ``A`` (P x K, sparse, Fortran pixel order), ``C`` (K x T), and a
 background ``B`` that is low rank (``b`` P x nb, ``f`` nb x T) or CNMF-E's ring model (``W``,
 ``b0``). The model never computes, plots, saves or mutates; movies and projections are functions
-of it (see :mod:`caiman_dask._movies`).
+of it (see :mod:`caiman_dask._movie`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import scipy.sparse
+import sparse
 from dask.base import tokenize
 
-from ._io import MovieSource, open_movie, read_cnmf_hdf5, sparse_to_scipy
-from ._kernels import c_to_f_permutation
+from ._frame_kernels import c_to_f_permutation
+from ._io import MovieSource, memmap_candidates, open_movie, read_cnmf_hdf5, sparse_to_scipy
+from ._ring import infer_ssub_B
 from .errors import (
     ComponentError,
     FileFormatError,
@@ -208,24 +211,17 @@ class CNMFModel:
         with self._lock:
             return _HostFactors.load(self)
 
-    # ------------------------------------------------------------------ sugar
-    def rcm(self, components: Components = "all", **kwargs: Any) -> Any:
-        """Shorthand for :func:`caiman_dask.rcm` ``(self, components, ...)``."""
-        from ._movies import rcm
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Factors and metadata (not the lock, nor the in-memory factors: rebuilt on use)."""
+        state = dict(self.__dict__)
+        for transient in ("_lock", "_host"):
+            state.pop(transient, None)
+        return state
 
-        return rcm(self, components, **kwargs)
-
-    def rcb(self, **kwargs: Any) -> Any:
-        """Shorthand for :func:`caiman_dask.rcb` ``(self, ...)``."""
-        from ._movies import rcb
-
-        return rcb(self, **kwargs)
-
-    def residuals(self, **kwargs: Any) -> Any:
-        """Shorthand for :func:`caiman_dask.residuals` ``(self, ...)``."""
-        from ._movies import residuals
-
-        return residuals(self, **kwargs)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "_lock", threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -261,8 +257,6 @@ class _HostFactors:
 
 def _sparse_compute(x: da.Array) -> scipy.sparse.csc_matrix:
     blocks = x.to_delayed().ravel()
-    import dask
-
     parts = dask.compute(*blocks, scheduler="sync")
     mats = [sparse_to_scipy(p) for p in parts]
     if not mats:
@@ -364,8 +358,6 @@ def _validate(m: CNMFModel) -> None:
     if m.W is not None and m.b0 is not None:
         if m.W.ndim != 2 or m.W.shape[0] != m.W.shape[1]:
             raise ShapeMismatchError(f"W must be square (P_ds, P_ds), got {tuple(m.W.shape)}")
-        from ._ring import infer_ssub_B
-
         infer_ssub_B(tuple(int(x) for x in m.W.shape), dims)
         if tuple(m.b0.shape) != (P,):
             raise ShapeMismatchError(
@@ -393,21 +385,21 @@ def _validate(m: CNMFModel) -> None:
 
 
 def _as_sparse_dask(A: Any, name: str) -> da.Array:
-    import sparse
-
     if isinstance(A, da.Array):
         if A.ndim != 2:
             raise ShapeMismatchError(f"{name} must be 2-D, got shape {tuple(A.shape)}")
         meta = A._meta
         if isinstance(meta, np.ndarray):
-            A = A.map_blocks(
+            A = da.map_blocks(
                 sparse.COO.from_numpy,
+                A,
                 dtype=A.dtype,
                 meta=sparse.COO.from_numpy(np.zeros((0, 0), A.dtype)),
             )
         elif scipy.sparse.issparse(meta):
-            A = A.map_blocks(
+            A = da.map_blocks(
                 sparse.COO.from_scipy_sparse,
+                A,
                 dtype=A.dtype,
                 meta=sparse.COO.from_numpy(np.zeros((0, 0), A.dtype)),
             )
@@ -578,8 +570,6 @@ def open_cnmf(
     r = read_cnmf_hdf5(path, frame_chunk=frame_chunk)
     dims_t = tuple(int(d) for d in dims) if dims is not None else r["dims"]
     if movie is None and r.get("mmap_file"):
-        from ._io import memmap_candidates
-
         for cand in memmap_candidates(path, r["mmap_file"]):
             if cand.exists():
                 movie = cand

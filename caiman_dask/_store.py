@@ -28,27 +28,41 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import dask.array as da
+import numcodecs
 import numpy as np
+import scipy.sparse
+import zarr
+import zarr.codecs
+from dask.base import tokenize
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from ._compute import compute
-from ._model import CNMFModel
-from .errors import CaimanDaskError, OptionError
+from ._model import CNMFModel, _sparse_compute, from_arrays
+from ._movie import rcb, rcm, residuals
+from ._options import choose
+from ._statistics import KINDS, Kind, images, project, remember, stats_of_blocks
+from ._version import __version__
+from .errors import MissingFileError, OptionError, StoreError
 
-__all__ = ["StoreError", "describe_store", "open_zarr", "store_info", "to_zarr"]
+__all__ = ["describe_store", "open_zarr", "store_info", "to_zarr"]
 
+#: Compression of every array of a store: Zstandard, Blosc-LZ4, or none.
 Codec = Literal["zstd", "lz4", "none"]
-CODECS: tuple[str, ...] = ("zstd", "lz4", "none")
-MOVIE_NAMES: tuple[str, ...] = ("rcm", "rcb", "residuals")
+CODECS: tuple[Codec, ...] = get_args(Codec)
+#: Zarr format of a store: 3 (OME-Zarr 0.5) or 2 (OME-Zarr 0.4).
+ZarrFormat = Literal[2, 3]
+ZARR_FORMATS: tuple[ZarrFormat, ...] = get_args(ZarrFormat)
+#: The movies a store can hold.
+MovieName = Literal["rcm", "rcb", "residuals"]
+MOVIE_NAMES: tuple[MovieName, ...] = get_args(MovieName)
 LAYOUT_VERSION = 1
 #: Uncompressed bytes a zarr chunk of a movie aims for.
 CHUNK_TARGET = 16 * 2**20
-
-
-class StoreError(CaimanDaskError, ValueError):
-    """A store path is not ours, exists already, differs in parameters, or is incomplete."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,17 +70,13 @@ class StoreError(CaimanDaskError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _compressors(codec: str, zarr_format: int) -> Any:
+def _compressors(codec: Codec, zarr_format: ZarrFormat) -> Any:
     if codec == "none":
         return None
     if zarr_format == 3:
-        import zarr.codecs
-
         if codec == "zstd":
             return (zarr.codecs.ZstdCodec(level=3),)
         return (zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
-    import numcodecs
-
     if codec == "zstd":
         return (numcodecs.Zstd(level=3),)
     return (numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),)
@@ -82,8 +92,10 @@ def _axes(ndim_space: int, fr: float | None) -> tuple[list[dict[str, str]], list
     return axes, scale
 
 
-def _ome_attrs(name: str, axes: list[dict[str, str]], scale: list[float], zarr_format: int) -> dict:
-    ms = {
+def _ome_attrs(
+    name: str, axes: list[dict[str, str]], scale: list[float], zarr_format: ZarrFormat
+) -> dict[str, Any]:
+    ms: dict[str, Any] = {
         "name": name,
         "axes": axes,
         "datasets": [
@@ -124,11 +136,9 @@ def _our_params(path: Path) -> dict[str, Any] | None:
     return params if isinstance(params, dict) else None
 
 
-def _create_root(path: Path, zarr_format: int, attrs: dict[str, Any]) -> None:
+def _create_root(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> None:
     """Create the store with its root metadata in one atomic step (a directory rename), so a
     path is either absent or recognisably ours, whenever a run is killed."""
-    import zarr
-
     for stale in path.parent.glob(f".{path.name}.creating-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
@@ -136,7 +146,7 @@ def _create_root(path: Path, zarr_format: int, attrs: dict[str, Any]) -> None:
     os.rename(tmp, path)
 
 
-def _set_root_attrs_atomic(path: Path, zarr_format: int, attrs: dict[str, Any]) -> None:
+def _set_root_attrs_atomic(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> None:
     """Replace the root attributes by writing a new metadata file and renaming it over."""
     name = "zarr.json" if zarr_format == 3 else ".zattrs"
     meta_path = path / name
@@ -159,13 +169,13 @@ def to_zarr(
     model: CNMFModel,
     path: str | os.PathLike[str],
     *,
-    movies: Sequence[str] | None = None,
+    movies: Sequence[MovieName] | None = None,
     components: Any = "all",
     traces: str = "C",
-    projections: Sequence[str] | None = ("mean", "std", "min", "max", "corr"),
+    projections: Sequence[Kind] | None = ("mean", "std", "min", "max", "corr"),
     factors: bool = True,
     codec: Codec = "zstd",
-    zarr_format: Literal[2, 3] = 3,
+    zarr_format: ZarrFormat = 3,
     chunk_frames: int | None = None,
     shard_frames: int | None = None,
     dtype: Any = None,
@@ -217,7 +227,8 @@ def to_zarr(
         The path exists and is not a caiman_dask store, or is one with other parameters and
         ``overwrite`` is false.
     OptionError
-        Bad option values.
+        Bad option values (the message lists the valid ones), or a movie the model cannot
+        make.
 
     Notes
     -----
@@ -227,31 +238,26 @@ def to_zarr(
     """
 
     path = Path(path)
-    if codec not in CODECS:
-        raise OptionError(f"codec={codec!r} is not one of {list(CODECS)}")
-    if zarr_format not in (2, 3):
-        raise OptionError(f"zarr_format={zarr_format!r} is not one of [2, 3]")
+    codec = choose("codec", codec, CODECS)
+    zarr_format = choose("zarr_format", zarr_format, ZARR_FORMATS)
     if shard_frames is not None and zarr_format != 3:
-        raise OptionError("shard_frames needs zarr_format=3 (zarr v2 has no shards)")
+        raise OptionError(
+            f"shard_frames={shard_frames} needs zarr_format=3 (zarr v2 has no shards); pass "
+            "zarr_format=3 or drop shard_frames"
+        )
     available = [n for n in MOVIE_NAMES if _available(model, n)]
     if movies is None:
         names = available
     else:
-        names = list(movies)
+        names = [choose("movies", n, MOVIE_NAMES) for n in movies]
         for n in names:
-            if n not in MOVIE_NAMES:
-                raise OptionError(f"movie {n!r} is not one of {list(MOVIE_NAMES)}")
             if n not in available:
                 raise OptionError(
                     f"movie {n!r} is not available for this model: "
                     + ("it has no background" if n == "rcb" else "it has no movie Y")
+                    + f"; it can write {available}"
                 )
-    kinds = tuple(projections or ())
-    from ._projections import KINDS, project
-
-    for k in kinds:
-        if k not in KINDS:
-            raise OptionError(f"projection kind {k!r} is not one of {list(KINDS)}")
+    kinds = tuple(choose("projections", k, KINDS) for k in projections or ())
     built = {n: _build_movie(model, n, components, traces, dtype) for n in names}
     dims = model.dims
     frame_bytes = math.prod(dims) * max((mv.dtype.itemsize for mv in built.values()), default=8)
@@ -314,9 +320,10 @@ def to_zarr(
     # movies: one dask task per chunk / shard, each marked when written. A streaming movie
     # (residuals, ring background) whose projections are pending on a fresh run accumulates
     # their statistics from the very blocks it writes: one pass over Y for both.
-    from ._projections import _is_structured, _stats_graph_of, whole_movie_stats_key
-
-    sources, targets, regions = [], [], []
+    corr = "corr" in kinds
+    sources: list[da.Array] = []
+    targets: list[Any] = []  # (zarr arrays behind a marker: da.store's ArrayLike)
+    regions: list[tuple[slice, ...]] = []
     fused: list[tuple[Any, Any]] = []
     for n, mv in built.items():
         store_dtype = mv.dtype if dtype is None else np.dtype(dtype)
@@ -329,27 +336,26 @@ def to_zarr(
         units = _as_write_units(mv, unit, store_dtype, model.T)
         if (
             kinds
-            and not _is_structured(mv)
+            and mv.description.streaming
             and not done.any()
             and not _step_done(prog, f"projections-{n}", zarr_format)
         ):
-            fused.append(
-                (mv, _stats_graph_of(_as_write_units(mv, unit, mv.dtype, model.T), "corr" in kinds))
-            )
+            fused.append((mv, stats_of_blocks(_as_write_units(mv, unit, mv.dtype, model.T), corr)))
         for i in np.flatnonzero(~done):
             t0, t1 = int(i) * unit, min(model.T, (int(i) + 1) * unit)
             sources.append(units.blocks[int(i)])
             targets.append(_MarkedTarget(arr, marks, int(i)))
             regions.append((slice(t0, t1),) + (slice(None),) * len(dims))
+    pass_stats: dict[str, Any] = {}
     if sources:
         stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
         parts = stored if isinstance(stored, tuple) else (stored,)
         stats = compute([_join(parts), *(g for _, g in fused)], progress)[1:]
         for (mv, _), st in zip(fused, stats, strict=True):
-            cache = mv.__dict__.setdefault("_stats_cache", {})
-            cache[whole_movie_stats_key("corr" in kinds)] = st
+            pass_stats[mv.kind] = st
+            remember(mv, corr, st)  # (later projections of this movie cost nothing)
 
-    # projections: from the structure (RCM, RCB) or from the statistics cached above
+    # projections: from the structure (RCM, RCB) or from the statistics of the write units
     if kinds:
         _open_or_create_group(path / "projections", zarr_format, {})
     for n, mv in built.items():
@@ -358,14 +364,16 @@ def to_zarr(
 
         def write_proj(n: str = n, mv: Any = mv) -> None:
             _open_or_create_group(path / "projections" / n, zarr_format, {})
-            cache = mv.__dict__.setdefault("_stats_cache", {})
-            key = whole_movie_stats_key("corr" in kinds)
-            if not _is_structured(mv) and key not in cache:
-                # a resumed run: one pass over the same write units as a fresh run, so the
-                # merge order, and so every stored byte, is the same
-                units = _as_write_units(mv, unit, mv.dtype, model.T)
-                cache[key] = compute([_stats_graph_of(units, "corr" in kinds)], progress)[0]
-            imgs = project(mv, list(kinds), progress=progress)
+            if mv.description.streaming:
+                st = pass_stats.get(mv.kind)
+                if st is None:
+                    # a resumed run: one pass over the same write units as a fresh run, so
+                    # the merge order, and so every stored byte, is the same
+                    units = _as_write_units(mv, unit, mv.dtype, model.T)
+                    st = compute([stats_of_blocks(units, corr)], progress)[0]
+                imgs = images(st, kinds)
+            else:
+                imgs = project(mv, list(kinds), progress=progress)
             for k in kinds:
                 _write_image(
                     path / "projections" / n / k, imgs[k], f"{n} {k}", model, zarr_format, comp
@@ -393,7 +401,7 @@ def _remove_partial_writes(path: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _available(model: CNMFModel, name: str) -> bool:
+def _available(model: CNMFModel, name: MovieName) -> bool:
     if name == "rcm":
         return True
     if name == "rcb":
@@ -403,14 +411,12 @@ def _available(model: CNMFModel, name: str) -> bool:
 
 def _build_movie(
     model: CNMFModel,
-    name: str,
+    name: MovieName,
     components: Any,
     traces: str,
     dtype: Any,
     frame_chunk: int | None = None,
 ) -> Any:
-    from ._movies import rcb, rcm, residuals
-
     if name == "rcm":
         return rcm(model, components, traces=traces, frame_chunk=frame_chunk)
     if name == "rcb":
@@ -419,8 +425,6 @@ def _build_movie(
 
 
 def _root_meta(model: CNMFModel, params: dict[str, Any], *, complete: bool) -> dict[str, Any]:
-    from . import __version__
-
     return {
         "caiman_dask": _json(
             {
@@ -442,18 +446,15 @@ def _root_meta(model: CNMFModel, params: dict[str, Any], *, complete: bool) -> d
 
 
 def _root_attrs(path: Path) -> dict[str, Any]:
-    import zarr
-
     try:
         g = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
         raise StoreError(f"{path} is not a readable zarr group ({e})") from e
-    return dict(g.attrs.get("caiman_dask", {}))
+    attrs = g.attrs.get("caiman_dask", {})
+    return dict(attrs) if isinstance(attrs, dict) else {}
 
 
-def _open_or_create_group(path: Path, zarr_format: int, attrs: dict[str, Any]) -> Any:
-    import zarr
-
+def _open_or_create_group(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> Any:
     meta = path / ("zarr.json" if zarr_format == 3 else ".zgroup")
     if meta.exists():
         try:
@@ -463,7 +464,7 @@ def _open_or_create_group(path: Path, zarr_format: int, attrs: dict[str, Any]) -
     return zarr.create_group(str(path), zarr_format=zarr_format, attributes=attrs)
 
 
-def _step(prog: Any, name: str, zarr_format: int, fn: Any) -> None:
+def _step(prog: Any, name: str, zarr_format: ZarrFormat, fn: Any) -> None:
     """Run ``fn`` unless the step is marked done; mark it done afterwards."""
     marks = _marker_array(prog, name, 1, zarr_format)
     if _done_units(marks)[0]:
@@ -472,13 +473,11 @@ def _step(prog: Any, name: str, zarr_format: int, fn: Any) -> None:
     marks[0] = 1
 
 
-def _step_done(prog: Any, name: str, zarr_format: int) -> bool:
+def _step_done(prog: Any, name: str, zarr_format: ZarrFormat) -> bool:
     return bool(_done_units(_marker_array(prog, name, 1, zarr_format))[0])
 
 
-def _marker_array(prog: Any, name: str, n: int, zarr_format: int) -> Any:
-    import zarr
-
+def _marker_array(prog: Any, name: str, n: int, zarr_format: ZarrFormat) -> Any:
     try:
         arr = prog[name]
         if isinstance(arr, zarr.Array) and arr.shape == (n,):
@@ -507,11 +506,6 @@ def _all_written(*_: Any) -> None:
 def _join(parts: Sequence[Any]) -> Any:
     """One Delayed depending on every write, built without graph optimisation, so data shared
     by the writes' graphs stays one key (and is scattered once on a cluster)."""
-    from dask.base import tokenize
-    from dask.core import flatten
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-
     name = f"caiman-dask-written-{tokenize(*[p.name for p in parts])}"
     keys = [k for p in parts for k in flatten(p.__dask_keys__())]
     graph = HighLevelGraph.from_collections(name, {name: (_all_written, *keys)}, parts)
@@ -546,12 +540,10 @@ def _movie_array(
     chunk_frames: int,
     shard_frames: int | None,
     comp: Any,
-    zarr_format: int,
+    zarr_format: ZarrFormat,
     model: CNMFModel,
     name: str,
 ) -> Any:
-    import zarr
-
     axes, scale = _axes(len(shape) - 1, model.fr)
     grp = _open_or_create_group(path, zarr_format, _ome_attrs(name, axes, scale, zarr_format))
     chunks = (chunk_frames, *shape[1:])
@@ -584,7 +576,7 @@ def _movie_array(
 
 
 def _write_image(
-    path: Path, img: np.ndarray, name: str, model: CNMFModel, zarr_format: int, comp: Any
+    path: Path, img: np.ndarray, name: str, model: CNMFModel, zarr_format: ZarrFormat, comp: Any
 ) -> None:
     axes, scale = _axes(img.ndim, model.fr)
     axes, scale = axes[1:], scale[1:]
@@ -605,9 +597,7 @@ def _write_image(
     arr[...] = img
 
 
-def _write_factors(model: CNMFModel, path: Path, zarr_format: int, comp: Any) -> None:
-    from ._model import _sparse_compute
-
+def _write_factors(model: CNMFModel, path: Path, zarr_format: ZarrFormat, comp: Any) -> None:
     grp = _open_or_create_group(
         path / "factors",
         zarr_format,
@@ -682,8 +672,6 @@ def _write_factors(model: CNMFModel, path: Path, zarr_format: int, comp: Any) ->
 
 def describe_store(path: str | os.PathLike[str]) -> str:
     """A human-readable listing of a store: every group and array with shape, dtype, chunks."""
-    import zarr
-
     path = Path(path)
     info = store_info(path)
     root = zarr.open_group(str(path), mode="r")
@@ -720,7 +708,7 @@ def store_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``caiman_dask`` root attributes of a store (raises if it is not ours)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"store {str(path)!r} does not exist")
+        raise MissingFileError(f"store {str(path)!r} does not exist")
     attrs = _root_attrs(path)
     if not attrs:
         raise StoreError(f"{path} is a zarr store but not one written by caiman_dask")
@@ -751,10 +739,6 @@ def open_zarr(
         Not a caiman_dask store, incomplete (re-run the same export to finish it), or without
         factors.
     """
-    import zarr
-
-    from ._model import from_arrays
-
     path = Path(path)
     info = store_info(path)
     if not info.get("complete") and not allow_incomplete:
@@ -763,33 +747,41 @@ def open_zarr(
             "to_zarr / caiman-dask export again to finish it, or pass allow_incomplete=True."
         )
     root = zarr.open_group(str(path), mode="r")
-    if "factors" not in root:
+    fg = root.get("factors")
+    if not isinstance(fg, zarr.Group):
         raise StoreError(f"{path} has no factors/ group (exported with factors=False)")
-    fg = root["factors"]
+
+    def array(g: zarr.Group, name: str) -> zarr.Array:
+        node = g[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{path}: {g.path}/{name} is a group; an array was expected")
+        return node
 
     def dense(name: str) -> Any:
-        return da.from_zarr(fg[name]) if name in fg else None
+        return da.from_zarr(array(fg, name)) if name in fg else None
 
     def csc(name: str) -> Any:
-        if name not in fg:
+        g = fg.get(name)
+        if g is None:
             return None
-        import scipy.sparse
-
-        g = fg[name]
-        shape = tuple(g.attrs["shape"])
+        shape = g.attrs.get("shape")
+        if not isinstance(g, zarr.Group) or not isinstance(shape, list) or len(shape) != 2:
+            raise StoreError(
+                f"{path}: factors/{name} is not a CSC group with a 2-entry 'shape' attribute"
+            )
         return scipy.sparse.csc_matrix(
-            (g["data"][...], g["indices"][...], g["indptr"][...]), shape=shape
+            (array(g, "data")[...], array(g, "indices")[...], array(g, "indptr")[...]),
+            shape=(int(shape[0]), int(shape[1])),
         )
+
+    def small(name: str) -> np.ndarray | None:
+        return np.asarray(array(fg, name)[...]) if name in fg else None
 
     if movie is None:
         for f in info.get("source_files", []):
             if f.get("role") == "movie" and Path(f["path"]).exists():
                 movie = f["path"]
-    dims = tuple(int(d) for d in np.asarray(fg["dims"][...]))
-    idx = {
-        n: (np.asarray(fg[n][...]) if n in fg else None)
-        for n in ("idx_components", "idx_components_bad")
-    }
+    dims = tuple(int(d) for d in np.asarray(array(fg, "dims")[...]))
     return from_arrays(
         csc("A"),
         dense("C"),
@@ -803,5 +795,6 @@ def open_zarr(
         F_dff=dense("F_dff"),
         Y=movie,
         fr=info.get("fr"),
-        **idx,
+        idx_components=small("idx_components"),
+        idx_components_bad=small("idx_components_bad"),
     )

@@ -472,7 +472,6 @@ def block_stats(block: np.ndarray, *, corr: bool) -> dict[str, np.ndarray | int]
     out["n"] = n
     mean, m2, mn, mx = out["mean"], out["m2"], out["min"], out["max"]
     npix = int(np.prod(dims))
-    com = out.get("comoment")
     if not corr or len(dims) == 3:
         tile = max(64, _TILE_BYTES // (n * x.itemsize))
         _moments_kernel(
@@ -485,6 +484,7 @@ def block_stats(block: np.ndarray, *, corr: bool) -> dict[str, np.ndarray | int]
         )
     if not corr:
         return out
+    com = out["comoment"]
     d1 = dims[0]
     row = npix // d1
     tile_rows = min(max(1, _TILE_BYTES // (n * row * x.itemsize) - 1), d1)
@@ -609,12 +609,15 @@ def merge_many(stats: Iterable[Mapping[str, Any]]) -> Stats:
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         If ``stats`` is empty.
     """
     items: list[Mapping[str, Any]] = list(stats)
     if not items:
-        raise ValueError("merge_many needs at least one statistics dictionary, got none")
+        raise ShapeMismatchError(
+            "merge_many needs at least one statistics dictionary, got none (a movie of zero "
+            "blocks); pass the statistics of at least one block"
+        )
     if len(items) == 1:
         only = items[0]
         return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in only.items()}
@@ -695,10 +698,10 @@ def _neighbour_count(dims: tuple[int, ...]) -> np.ndarray:
         per_axis = []
         for ax, d in enumerate(dims):
             idx = np.arange(d)
-            c = 1 + (idx > 0).astype(np.int64) + (idx < d - 1).astype(np.int64)
+            counts = 1 + (idx > 0).astype(np.int64) + (idx < d - 1).astype(np.int64)
             shape = [1, 1]
             shape[ax] = d
-            per_axis.append(c.reshape(shape))
+            per_axis.append(counts.reshape(shape))
         return (per_axis[0] * per_axis[1] - 1).astype(np.float64)
     count = np.zeros(dims, dtype=np.float64)
     for ax, d in enumerate(dims):
@@ -806,8 +809,8 @@ def caiman_corr_from_pairs(
         acc[1:, :-1] += r
         acc[1:, 1:] += r
     else:
-        for off in offsets:
-            r, sx, sy = rho(off)
+        for offset in offsets:
+            r, sx, sy = rho(offset)
             acc[sx] += r
             acc[sy] += r
     with np.errstate(invalid="ignore", divide="ignore"):

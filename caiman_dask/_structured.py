@@ -33,8 +33,9 @@ Row ``p`` of ``A`` is the pixel at C-order (row-major) position ``p`` of
 Every function accepts the spatial factor either as a SciPy sparse matrix/array
 (or any object with a ``tocsr()`` method) or as a dense 2D NumPy array, and the
 traces as a 2D array. All arithmetic is float64. Time windows are
-``C[:, t0:t1]`` with ``0 ≤ t0 < t1 ≤ T``; an empty window raises
-:class:`ValueError`. Traces must be finite (NaN handling is undefined).
+``C[:, t0:t1]`` with ``0 ≤ t0 < t1 ≤ T``; an empty window, like any argument
+that does not fit the factors, raises :class:`~caiman_dask.ShapeMismatchError`
+(a ``ValueError``). Traces must be finite (NaN handling is undefined).
 
 Plain NumPy/SciPy/numba, no dask.
 """
@@ -51,6 +52,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 from scipy.spatial import ConvexHull, QhullError
+
+from .errors import ShapeMismatchError
 
 __all__ = [
     "FootprintGroups",
@@ -99,7 +102,7 @@ def _as_csr(A: Any) -> sp.csr_matrix:
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         If a dense ``A`` is not two-dimensional.
     """
     if sp.issparse(A):
@@ -109,7 +112,7 @@ def _as_csr(A: Any) -> sp.csr_matrix:
     else:
         dense = np.asarray(A, dtype=np.float64)
         if dense.ndim != 2:
-            raise ValueError(
+            raise ShapeMismatchError(
                 f"the spatial factor must be 2D (pixels × components), got shape {dense.shape}"
             )
         csr = sp.csr_matrix(dense)
@@ -137,15 +140,17 @@ def _window(C: Any, n_components: int, t0: int, t1: int | None) -> FloatArray:
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         If ``C`` is not 2D, its row count differs from ``K``, the bounds are out of
         ``[0, T]`` or the window is empty (``t1 <= t0``).
     """
     shape = np.shape(C)
     if len(shape) != 2:
-        raise ValueError(f"the temporal factor must be 2D (components × frames), got shape {shape}")
+        raise ShapeMismatchError(
+            f"the temporal factor must be 2D (components × frames), got shape {shape}"
+        )
     if shape[0] != n_components:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"the temporal factor has {shape[0]} rows but the spatial factor has "
             f"{n_components} columns; they must be equal"
         )
@@ -153,12 +158,12 @@ def _window(C: Any, n_components: int, t0: int, t1: int | None) -> FloatArray:
     start = operator.index(t0)
     stop = n_frames if t1 is None else operator.index(t1)
     if stop <= start:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"empty time window: t0={start}, t1={stop} "
             f"(need t0 < t1; the movie has {n_frames} frames)"
         )
     if start < 0 or stop > n_frames:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"time window [{start}, {stop}) is outside the movie's frames [0, {n_frames})"
         )
     return np.ascontiguousarray(np.asarray(C)[:, start:stop], dtype=np.float64)
@@ -168,9 +173,11 @@ def _as_dims(dims: Any, n_pixels: int) -> tuple[int, ...]:
     """Validate ``dims`` against the pixel count and return it as a tuple of ints."""
     out = tuple(operator.index(d) for d in dims)
     if not out or any(d <= 0 for d in out):
-        raise ValueError(f"dims must be a non-empty tuple of positive integers, got {dims!r}")
+        raise ShapeMismatchError(
+            f"dims must be a non-empty tuple of positive integers, got {dims!r}"
+        )
     if int(np.prod(out)) != n_pixels:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"dims {out} hold {int(np.prod(out))} pixels but the spatial factor has {n_pixels} rows"
         )
     return out
@@ -352,7 +359,7 @@ def _resolve(A: Any, groups: FootprintGroups | None) -> tuple[sp.csr_matrix, Foo
     if groups is None:
         groups = _groups_from_csr(csr)
     elif (groups.n_pixels, groups.n_components) != csr.shape:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"groups were computed for a {groups.n_pixels}×{groups.n_components} factor, "
             f"not for this {csr.shape[0]}×{csr.shape[1]} one"
         )
@@ -559,7 +566,7 @@ def structured_mean(
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         On shape mismatch or an empty / out-of-range window.
     """
     del groups
@@ -603,7 +610,7 @@ def structured_std(
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         On shape mismatch or an empty / out-of-range window.
     """
     csr, groups = _resolve(A, groups)
@@ -753,7 +760,7 @@ def structured_min_max(
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         On shape mismatch or an empty / out-of-range window.
     """
     csr, groups = _resolve(A, groups)
@@ -831,7 +838,7 @@ def structured_cov_pairs(
 
     Raises
     ------
-    ValueError
+    ShapeMismatchError
         On bad ``dims``/``offsets``, shape mismatch or an empty / out-of-range window.
     """
     csr = _as_csr(A)
@@ -842,7 +849,7 @@ def structured_cov_pairs(
     for off in offsets:
         o = tuple(operator.index(v) for v in off)
         if len(o) != len(shape):
-            raise ValueError(
+            raise ShapeMismatchError(
                 f"offset {off!r} has {len(o)} entries but dims {shape} has {len(shape)}"
             )
         offs.append(o)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import scipy.sparse
 
@@ -71,14 +72,35 @@ def _footprints(
     )
 
 
+def _lfilter(b: Sequence[float], a: Sequence[float], x: np.ndarray) -> np.ndarray:
+    """``scipy.signal.lfilter(b, a, x, axis=-1)`` for ``a[0] == 1``, bit for bit.
+
+    The same direct form II transposed recursion, with the same operations in the same order,
+    vectorised over the leading axes (importing ``scipy.signal`` would cost about a second in
+    every process that imports caiman_dask, cluster workers included).
+    """
+    n = max(len(a), len(b))
+    bb = [float(v) for v in b] + [0.0] * (n - len(b))
+    aa = [float(v) for v in a] + [0.0] * (n - len(a))
+    x = np.asarray(x, dtype=np.float64)
+    y = np.empty_like(x)
+    z = [np.zeros(x.shape[:-1]) for _ in range(n - 1)]
+    for t in range(x.shape[-1]):
+        xt = x[..., t]
+        yt = z[0] + bb[0] * xt
+        for k in range(n - 2):
+            z[k] = z[k + 1] + xt * bb[k + 1] - yt * aa[k + 1]
+        z[n - 2] = xt * bb[n - 1] - yt * aa[n - 1]
+        y[..., t] = yt
+    return y
+
+
 def _traces(rng: np.random.Generator, K: int, T: int, fr: float) -> tuple[np.ndarray, np.ndarray]:
     """AR(2) calcium traces with sparse spikes and CaImAn-like (often negative) baselines."""
     rate = rng.uniform(0.008, 0.03, size=(K, 1))
     spikes = (rng.random((K, T)) < rate) * rng.lognormal(0.0, 0.5, size=(K, T))
     g = (1.7, -0.712)
-    import scipy.signal  # lazily: importing it costs ~1 s on every worker process
-
-    C = scipy.signal.lfilter([1.0], [1.0, -g[0], -g[1]], spikes, axis=1)
+    C = _lfilter([1.0], [1.0, -g[0], -g[1]], spikes)
     amplitude = rng.uniform(28, 60, size=(K, 1))
     baseline = rng.uniform(-40, 5, size=(K, 1))
     C = C * amplitude + baseline
@@ -98,12 +120,10 @@ def _background(
         img = (80.0 if i == 0 else 30.0) * np.exp(-r2 / (2 * w**2)) + (40.0 if i == 0 else 0.0)
         cols.append(img.ravel(order="F"))
     b = np.stack(cols, axis=1) if nb else np.zeros((math.prod(dims), 0))
-    import scipy.signal
-
     t = np.arange(T) / fr
     f = np.empty((nb, T))
     for i in range(nb):
-        slow = scipy.signal.lfilter([0.02], [1, -0.98], rng.normal(size=T))
+        slow = _lfilter([0.02], [1, -0.98], rng.normal(size=T))
         f[i] = 1.0 + 0.15 * np.sin(2 * np.pi * t / rng.uniform(20, 60) + rng.uniform(0, 6)) + slow
     return b, f
 
@@ -336,8 +356,6 @@ def write_cnmf_hdf5(
     Sparse matrices as CSC groups (``data``, ``indices``, ``indptr``, ``shape``), ``None`` as
     the string ``'NoneType'``, dims at ``/dims`` and ``/estimates/dims``.
     """
-    import h5py
-
     path = Path(path)
     none = "NoneType"
     with h5py.File(path, "w") as h:

@@ -15,10 +15,17 @@ __all__ = [
     "CaimanDaskWarning",
     "ComponentError",
     "EmptyComponentsWarning",
+    "ExpressionError",
     "FileFormatError",
+    "FrameIndexError",
+    "MissingDependencyError",
+    "MissingFileError",
+    "ModelMismatchError",
+    "MovieExistsError",
     "NaNWarning",
     "OptionError",
     "ShapeMismatchError",
+    "StoreError",
 ]
 
 
@@ -40,6 +47,34 @@ class ComponentError(CaimanDaskError, ValueError):
 
 class OptionError(CaimanDaskError, ValueError):
     """An option got a value outside the documented set (the message lists the valid ones)."""
+
+
+class MissingFileError(CaimanDaskError, FileNotFoundError):
+    """A file or folder the call needs does not exist (the message names the path)."""
+
+
+class FrameIndexError(CaimanDaskError, IndexError):
+    """A movie index is out of range or of a kind movies do not take (``movie[...]``)."""
+
+
+class ModelMismatchError(CaimanDaskError, ValueError):
+    """Movies of different models (or shapes) were combined in one expression."""
+
+
+class ExpressionError(CaimanDaskError, TypeError):
+    """A movie expression that is not linear (``movie * movie``, ``movie + 1.0``...)."""
+
+
+class StoreError(CaimanDaskError, ValueError):
+    """A store path is not ours, exists already, differs in parameters, or is incomplete."""
+
+
+class MovieExistsError(CaimanDaskError, FileExistsError):
+    """:func:`~caiman_dask.save_movie` refuses to replace a file without ``overwrite=True``."""
+
+
+class MissingDependencyError(CaimanDaskError, ImportError):
+    """An optional dependency of the viewer (matplotlib, ipywidgets, imageio...) is missing."""
 
 
 class CaimanDaskWarning(UserWarning):

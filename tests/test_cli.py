@@ -118,3 +118,18 @@ def test_export_and_info(caiman_dir, tmp_path, capsys):
         == 2
     )
     assert "--components" in capsys.readouterr().err
+
+
+def test_export_names_the_valid_options(caiman_dir, tmp_path, capsys):
+    base = ["export", str(caiman_dir / "cnmf_2p.hdf5"), "-o", str(tmp_path / "x.zarr")]
+    assert main([*base, "--movies", "rcm,raw", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "movies='raw' is not one of ['rcm', 'rcb', 'residuals']" in err
+    assert not (tmp_path / "x.zarr").exists()
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--codec", "gzip"])
+    assert e.value.code == 2
+    assert "'zstd', 'lz4', 'none'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--zarr-format", "4"])
+    assert e.value.code == 2 and "choose from 2, 3" in capsys.readouterr().err

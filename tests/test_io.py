@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+import scipy.sparse
 import tifffile
 
 import caiman_dask as cd
@@ -155,8 +156,6 @@ def test_sparse_chunks_read_only_their_columns(caiman_dir, monkeypatch):
     block = A.blocks[0, 2].compute()
     assert calls == [(20, 30)]
     with h5py.File(caiman_dir / "cnmf_2p.hdf5", "r") as f:
-        import scipy.sparse
-
         g = f["estimates/A"]
         full = scipy.sparse.csc_matrix(
             (g["data"][:], g["indices"][:], g["indptr"][:]), shape=tuple(g["shape"][:])
@@ -173,3 +172,52 @@ def test_files_are_opened_read_only(caiman_dir, model_2p):
     after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in caiman_dir.iterdir()}
     assert before == after
     assert not os.access(caiman_dir / "cnmf_2p.hdf5", os.W_OK) or True  # read-only by mode
+
+
+def test_io_package_reexports_the_readers():
+    """``caiman_dask._io`` is a package of one-job modules; its names stay importable."""
+    import caiman_dask._io as io
+
+    assert io.open_movie is cd.open_movie and io.MovieSource is cd.MovieSource
+    assert io.parse_memmap_name is cd.parse_memmap_name
+    assert set(io.__all__) == {
+        "CSCColumnsBackend",
+        "MovieSource",
+        "default_frame_chunk",
+        "memmap_candidates",
+        "open_movie",
+        "parse_memmap_name",
+        "read_cnmf_hdf5",
+        "sparse_to_scipy",
+    }
+    assert all(getattr(io, n).__module__.startswith("caiman_dask._io.") for n in io.__all__)
+
+
+def test_reader_errors_are_ours_and_builtin(tmp_path):
+    assert issubclass(cd.FileFormatError, cd.CaimanDaskError)
+    assert issubclass(cd.FileFormatError, ValueError)
+    (tmp_path / "junk.hdf5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(cd.FileFormatError, match=r"cannot open .*junk\.hdf5.* as HDF5"):
+        read_cnmf_hdf5(tmp_path / "junk.hdf5")
+    with pytest.raises(cd.FileFormatError, match=r"cannot open .*junk\.hdf5.* as HDF5"):
+        cd.open_movie(tmp_path / "junk.hdf5")
+
+
+def test_csc_group_with_a_bad_shape_is_a_format_error(tmp_path):
+    path = cd.write_cnmf_hdf5(
+        tmp_path / "c.hdf5", A=scipy.sparse.csc_matrix(np.eye(6, 2)), C=np.ones((2, 4)), dims=(2, 3)
+    )
+    with h5py.File(path, "r+") as f:
+        del f["estimates/A/shape"]
+        f["estimates/A/shape"] = np.array([6, 2, 1])
+    with pytest.raises(cd.FileFormatError, match=r"/estimates/A/shape is \(6, 2, 1\).*2 entries"):
+        read_cnmf_hdf5(path)
+
+
+def test_hdf5_with_several_movies_asks_for_key(tmp_path):
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f["a"] = np.zeros((3, 2, 2))
+        f["b"] = np.zeros((3, 2, 2))
+    with pytest.raises(cd.OptionError, match=r"2 candidate movie datasets \['a', 'b'\].*key="):
+        cd.open_movie(tmp_path / "two.h5")
+    assert cd.open_movie(tmp_path / "two.h5", key="b").shape == (3, 2, 2)

@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from caiman_dask._kernels import (
-    MomentsState,
+from caiman_dask._frame_kernels import (
     footprint_runs,
     frames,
     frames_reference,
     gather_pixel_major,
     n_bands,
     pixel_major,
-    prepare_moments,
     residual_bands,
-    residual_moments,
 )
+from caiman_dask._moment_kernels import MomentsState, prepare_moments, residual_moments
 from caiman_dask.testing import assert_close_scaled
 
 
@@ -267,7 +265,7 @@ def test_footprint_runs_cover_every_entry_once(rng):
 
 
 def test_footprint_runs_split_at_bands(rng, monkeypatch):
-    import caiman_dask._kernels as kernels
+    import caiman_dask._frame_kernels as kernels
 
     monkeypatch.setattr(kernels, "_BAND", 64)  # (compiled kernels keep theirs; runs only)
     dense = np.zeros((300, 3))

@@ -219,9 +219,9 @@ def test_frames_come_from_the_factors_not_dask(rng):
 
 @pytest.mark.parametrize("layout", ["C", "F", "pixel-major"])
 def test_single_frames_shared_by_cores_match_dense(rng, tmp_path, monkeypatch, layout):
-    import caiman_dask._movies as movies
+    import caiman_dask._frames as movies
 
-    monkeypatch.setattr(movies, "_CORES", 2)  # as on any multi-core machine
+    monkeypatch.setattr(movies, "CORES", 2)  # as on any multi-core machine
     calls, gathered = [], []
 
     def spy(out, *args):

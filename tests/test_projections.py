@@ -105,6 +105,7 @@ def _count_y_reads(model, fn):
 
 
 def test_residual_statistics_take_one_pass_and_are_cached(model_2p):
+    cd.forget_statistics()  # (other tests may have computed the same movie's statistics)
     res = cd.residuals(model_2p)
     n_chunks = len(model_2p.Y.chunks[0])
     assert (
@@ -114,6 +115,9 @@ def test_residual_statistics_take_one_pass_and_are_cached(model_2p):
     # corr needs neighbour co-moments: one more pass, then everything is cached
     assert _count_y_reads(model_2p, lambda: cd.project(res, "corr")) == n_chunks
     assert _count_y_reads(model_2p, lambda: cd.project(res, [*STATS, "corr"])) == 0
+    # statistics belong to what a movie is made of: a new movie built alike shares them
+    again = cd.residuals(model_2p)
+    assert _count_y_reads(model_2p, lambda: (again.min, cd.project(again, "corr"))) == 0
 
 
 def test_windows(model_2p, rng):
@@ -147,7 +151,7 @@ def test_unknown_kind_lists_valid_ones(model_2p):
         cd.OptionError, match=r"'median' is not one of \['mean', 'std', 'min', 'max', 'corr'\]"
     ):
         cd.project(cd.rcm(model_2p), "median")
-    with pytest.raises(cd.OptionError, match="takes a caiman_dask movie"):
+    with pytest.raises(cd.OptionError, match="takes caiman_dask movies"):
         cd.project(np.zeros((3, 4, 5)), "mean")
 
 
@@ -257,10 +261,10 @@ def test_residual_pass_in_the_files_own_order(tmp_path, dims):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9, equal_nan=True)
     # and what the generic (C-ordered frames) reduction gives: bit for bit with corr (the same
     # block_stats on transposed data), to rounding without (the fused one-pass kernel)
-    from caiman_dask._projections import _stats_graph_of
+    from caiman_dask._statistics import stats_of_blocks
     from caiman_dask._streaming import finalize
 
-    generic = finalize(dask.compute(_stats_graph_of(cd.residuals(m).data, True))[0], kinds)
+    generic = finalize(dask.compute(stats_of_blocks(cd.residuals(m).data, True))[0], kinds)
     for k in kinds:
         np.testing.assert_array_equal(got[k], generic[k])
     fused = cd.project(cd.residuals(m), STATS)  # no corr: the fused kernel
@@ -272,7 +276,7 @@ def test_residual_windows_stream_grouped_views_of_a_memmap(tmp_path):
     """Windows of a memmap-backed residual take the fused pass over runs of file views."""
     from dask.callbacks import Callback
 
-    from caiman_dask._movies import _STATS_GROUP
+    from caiman_dask._statistics import STATS_GROUP as _STATS_GROUP
 
     m = cd.synthetic(dims=(21, 16), T=90, K=7, seed=4, path=tmp_path, frame_chunk=5)
     dense = dense_reference(m, "residuals")

@@ -121,9 +121,51 @@ def test_bad_options(syn, tmp_path):
     no_y = cd.from_arrays(syn.A, syn.C, dims=syn.dims, b=syn.b, f=syn.f)
     with pytest.raises(cd.OptionError, match="no movie Y"):
         cd.to_zarr(no_y, tmp_path / "x.zarr", movies=("residuals",))
-    with pytest.raises(cd.OptionError, match="projection kind 'median'"):
+    with pytest.raises(
+        cd.OptionError,
+        match=r"projections='median' is not one of \['mean', 'std', 'min', 'max', 'corr'\]",
+    ):
         cd.to_zarr(syn, tmp_path / "x.zarr", projections=("median",))
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "valid"),
+    [
+        ("codec", "gzip", "['zstd', 'lz4', 'none']"),
+        ("zarr_format", 4, "[2, 3]"),
+        ("zarr_format", "3", "[2, 3]"),
+        ("movies", ("rcm", "raw"), "['rcm', 'rcb', 'residuals']"),
+        ("projections", ("mean", "median"), "['mean', 'std', 'min', 'max', 'corr']"),
+    ],
+)
+def test_every_rejected_option_names_the_valid_values(syn, tmp_path, option, value, valid):
+    with pytest.raises(cd.OptionError) as exc:
+        cd.to_zarr(syn, tmp_path / "x.zarr", progress=False, **{option: value})
+    msg = str(exc.value)
+    assert msg.startswith(f"{option}=") and f"is not one of {valid}" in msg
+    assert isinstance(exc.value, cd.CaimanDaskError) and isinstance(exc.value, ValueError)
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_unavailable_movie_and_v2_shards_say_how_to_fix(syn, tmp_path):
+    bare = cd.from_arrays(syn.A, syn.C, dims=syn.dims)
+    with pytest.raises(cd.OptionError, match=r"no background; it can write \['rcm'\]"):
+        cd.to_zarr(bare, tmp_path / "x.zarr", movies=("rcb",))
+    with pytest.raises(cd.OptionError, match=r"shard_frames=8 needs zarr_format=3.*drop"):
+        cd.to_zarr(syn, tmp_path / "x.zarr", zarr_format=2, shard_frames=8)
+
+
+def test_store_errors_are_caiman_dask_value_errors(syn, tmp_path):
+    assert issubclass(cd.StoreError, cd.CaimanDaskError) and issubclass(cd.StoreError, ValueError)
+    assert cd.StoreError is cd.errors.StoreError
+    out = cd.to_zarr(syn, tmp_path / "f.zarr", movies=("rcm",), projections=(), factors=False)
+    with pytest.raises(cd.StoreError, match=r"no factors/ group \(exported with factors=False\)"):
+        cd.open_zarr(out)
+    plain = tmp_path / "plain.zarr"
+    zarr.create_group(str(plain))
+    with pytest.raises(cd.StoreError, match="not one written by caiman_dask"):
+        cd.store_info(plain)
 
 
 EXPORT_SCRIPT = """

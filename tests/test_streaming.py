@@ -372,7 +372,7 @@ def test_block_stats_inputs_and_errors() -> None:
         finalize(block_stats(np.empty((0, 3, 3)), corr=False), ["mean"])
     with pytest.raises(ShapeMismatchError):
         merge_stats(block_stats(np.ones((1, 2, 2)), corr=False), st_)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ShapeMismatchError, match="at least one statistics dictionary"):
         merge_many([])
 
 

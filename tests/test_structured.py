@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from caiman_dask import _structured as cs
+from caiman_dask.errors import CaimanDaskError, ShapeMismatchError
 
 RTOL = 1e-10
 
@@ -376,7 +377,7 @@ def test_groups_keyword_reuse_and_mismatch() -> None:
     _assert_close(cs.structured_std(A, C, 5, 30, groups=groups), movie.std(axis=1))
     _assert_close(cs.structured_min_max(A, C, 5, 30, groups=groups)[1], movie.max(axis=1))
     other = cs.footprint_groups(sp.csr_matrix((35, 10)))
-    with pytest.raises(ValueError, match="groups were computed"):
+    with pytest.raises(ShapeMismatchError, match="groups were computed"):
         cs.structured_std(A, C, groups=other)
 
 
@@ -392,29 +393,43 @@ def test_groups_keyword_reuse_and_mismatch() -> None:
 def test_window_validation(func: object) -> None:
     A = sp.random(12, 3, density=0.5, random_state=0, format="csr")
     C = np.ones((3, 10))
-    with pytest.raises(ValueError, match="empty time window"):
+    with pytest.raises(ShapeMismatchError, match="empty time window"):
         func(A, C, 4, 4)  # type: ignore[operator]
-    with pytest.raises(ValueError, match="empty time window"):
+    with pytest.raises(ShapeMismatchError, match="empty time window"):
         func(A, C, 6, 2)  # type: ignore[operator]
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ShapeMismatchError, match="outside"):
         func(A, C, 0, 11)  # type: ignore[operator]
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ShapeMismatchError, match="outside"):
         func(A, C, -1, 5)  # type: ignore[operator]
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ShapeMismatchError, match="rows"):
         func(A, np.ones((4, 10)))  # type: ignore[operator]
-    with pytest.raises(ValueError, match="2D"):
+    with pytest.raises(ShapeMismatchError, match="2D"):
         func(A, np.ones(10))  # type: ignore[operator]
 
 
 def test_cov_pairs_validation() -> None:
     A = sp.random(12, 3, density=0.5, random_state=0, format="csr")
     C = np.ones((3, 10))
-    with pytest.raises(ValueError, match="dims"):
+    with pytest.raises(ShapeMismatchError, match="dims"):
         cs.structured_cov_pairs(A, C, (5, 3), [(1, 0)])
-    with pytest.raises(ValueError, match="offset"):
+    with pytest.raises(ShapeMismatchError, match="offset"):
         cs.structured_cov_pairs(A, C, (4, 3), [(1, 0, 0)])
-    with pytest.raises(ValueError, match="empty time window"):
+    with pytest.raises(ShapeMismatchError, match="empty time window"):
         cs.structured_cov_pairs(A, C, (4, 3), [(1, 0)], 3, 3)
+
+
+def test_validation_errors_are_ours_and_value_errors() -> None:
+    A = sp.random(12, 3, density=0.5, random_state=0, format="csr")
+    C = np.ones((3, 10))
+    with pytest.raises(ShapeMismatchError, match=r"spatial factor must be 2D.*\(12,\)") as exc:
+        cs.structured_mean(np.ones(12), C)
+    assert isinstance(exc.value, CaimanDaskError) and isinstance(exc.value, ValueError)
+    with pytest.raises(ShapeMismatchError, match=r"dims \(5, 3\) hold 15 pixels.*12 rows"):
+        cs.structured_cov_pairs(A, C, (5, 3), [(1, 0)])
+    with pytest.raises(ShapeMismatchError, match="non-empty tuple of positive integers"):
+        cs.structured_cov_pairs(A, C, (0, 3), [(1, 0)])
+    with pytest.raises(ShapeMismatchError, match="4 rows but the spatial factor has 3 columns"):
+        cs.structured_mean(A, np.ones((4, 10)))
 
 
 # --------------------------------------------------------------------------

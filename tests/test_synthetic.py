@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+import scipy.signal
 
 import caiman_dask as cd
+from caiman_dask._synthetic import _lfilter
 from caiman_dask.testing import assert_close_scaled, dense_reference
 
 
@@ -61,6 +66,41 @@ def test_bad_arguments():
         cd.synthetic(dims=(5,), T=3, K=1)
     with pytest.raises(cd.OptionError, match="T >= 1"):
         cd.synthetic(dims=(5, 5), T=0, K=1)
+
+
+@pytest.mark.parametrize("T", [0, 1, 2, 3, 500])
+def test_filter_is_scipys_lfilter_bit_for_bit(rng, T):
+    """The traces' AR(2) and the background's AR(1) filters, as scipy.signal.lfilter."""
+    spikes = (rng.random((9, T)) < 0.05) * rng.lognormal(0.0, 0.5, size=(9, T))
+    ab = [1.0, -1.7, 0.712]
+    got = _lfilter([1.0], ab, spikes)
+    np.testing.assert_array_equal(got, scipy.signal.lfilter([1.0], ab, spikes, axis=1))
+    x = rng.normal(size=T)
+    np.testing.assert_array_equal(
+        _lfilter([0.02], [1, -0.98], x), scipy.signal.lfilter([0.02], [1, -0.98], x)
+    )
+    assert got.dtype == np.float64 and got.shape == spikes.shape
+
+
+def test_importing_caiman_dask_does_not_import_scipy_signal():
+    """(About a second in every process, cluster workers included.)"""
+    code = "import sys, caiman_dask; print('scipy.signal' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_dense_reference_rejects_unknown_or_impossible_kinds():
+    m = cd.synthetic(dims=(8, 9), T=5, K=2, seed=0)
+    with pytest.raises(
+        cd.OptionError, match=r"kind='raw' is not one of \['rcm', 'rcb', 'residuals'\]"
+    ):
+        dense_reference(m, "raw")  # type: ignore[arg-type]
+    bare = cd.from_arrays(m.A, m.C, dims=m.dims)
+    with pytest.raises(cd.OptionError, match="kind='rcb' needs a low-rank background"):
+        dense_reference(bare, "rcb")
+    no_y = cd.from_arrays(m.A, m.C, dims=m.dims, b=m.b, f=m.f)
+    with pytest.raises(cd.OptionError, match="kind='residuals' needs the movie Y"):
+        dense_reference(no_y, "residuals")
 
 
 @pytest.mark.parametrize("dims", [(30, 25), (12, 10, 6)])

@@ -22,7 +22,9 @@ from PIL import Image
 
 import caiman_dask as cd
 from caiman_dask import _view as V
-from caiman_dask._movies import Movie
+from caiman_dask._encode import palette_frame
+from caiman_dask._movie import Movie
+from caiman_dask._render import footprint_contours, gray_levels, render_frame
 from caiman_dask.testing import dense_reference, raise_if_dask_computes
 
 GOOD = "good"
@@ -175,7 +177,7 @@ def test_render_frame_pixels_match_dense_recomputation(model, dense):
         assert got.dtype == np.uint8 and got.shape == (24, 3 * 30 + 2 * 2, 3)
         np.testing.assert_array_equal(got, want)
         # the pure function gives the same frame from the movies themselves
-        np.testing.assert_array_equal(V.render_frame(v.movies, t), want)
+        np.testing.assert_array_equal(render_frame(v.movies, t), want)
     # the frame is not trivially constant
     assert len(np.unique(v.frame(7))) > 50
 
@@ -183,12 +185,12 @@ def test_render_frame_pixels_match_dense_recomputation(model, dense):
 def test_render_frame_scale_gap_and_given_limits(model, dense):
     movies = [cd.rcm(model), cd.raw(model)]
     lims = [(0.0, 20.0), (50.0, 120.0)]
-    got = V.render_frame(movies, 11, limits=lims, scale=3, gap=5)
+    got = render_frame(movies, 11, limits=lims, scale=3, gap=5)
     want = expected_frame([dense["rcm"][11], dense["raw"][11]], lims, scale=3, gap=5)
     assert got.shape == (72, 2 * 90 + 5, 3)
     np.testing.assert_array_equal(got, want)
     # one pair for every panel, and a dict by name in the viewer (others exact)
-    both = V.render_frame(movies, 11, limits=(0.0, 100.0))
+    both = render_frame(movies, 11, limits=(0.0, 100.0))
     np.testing.assert_array_equal(
         both, expected_frame([dense["rcm"][11], dense["raw"][11]], [(0.0, 100.0)] * 2)
     )
@@ -196,9 +198,9 @@ def test_render_frame_scale_gap_and_given_limits(model, dense):
     assert v.limits[1] == (50.0, 120.0)
     assert v.limits[0] == pytest.approx((dense["rcm"].min(), dense["rcm"].max()), rel=1e-12)
     # gray mapping edge cases: NaN and a constant panel are black
-    g = V.gray_levels(np.array([np.nan, -1.0, 0.5, 2.0]), 0.0, 1.0)
+    g = gray_levels(np.array([np.nan, -1.0, 0.5, 2.0]), 0.0, 1.0)
     np.testing.assert_array_equal(g, [0, 0, 128, 255])  # rint(127.5) = 128 (half to even)
-    np.testing.assert_array_equal(V.gray_levels(np.ones(3), 1.0, 1.0), [0, 0, 0])
+    np.testing.assert_array_equal(gray_levels(np.ones(3), 1.0, 1.0), [0, 0, 0])
 
 
 def test_limits_are_the_exact_extremes(model, dense):
@@ -208,12 +210,12 @@ def test_limits_are_the_exact_extremes(model, dense):
         scale = np.abs(ref).max()
         assert lo == pytest.approx(ref.min(), abs=1e-12 * scale)
         assert hi == pytest.approx(ref.max(), abs=1e-12 * scale)
-    # RCM + low-rank background: from the stacked factors, equal to a streaming pass
+    # RCM + low-rank background: from the stacked factors, equal to a pass over its frames
     comb = v.movies[1]
-    assert isinstance(comb, V.Combined)
-    streamed = cd.project(comb, ["min", "max"])
-    assert comb.min == pytest.approx(float(streamed["min"].min()), rel=1e-12)
-    assert comb.max == pytest.approx(float(streamed["max"].max()), rel=1e-12)
+    assert isinstance(comb, cd.Movie) and not comb.description.streaming
+    streamed = comb.data.astype(np.float64)
+    assert comb.min == pytest.approx(float(streamed.min().compute()), rel=1e-12)
+    assert comb.max == pytest.approx(float(streamed.max().compute()), rel=1e-12)
 
 
 def test_panels_add_up_to_raw(model):
@@ -229,13 +231,13 @@ def test_panels_add_up_to_raw(model):
 
 
 def test_contours_at_the_footprint_boundaries(model, dense):
-    mask = V.footprint_contours(model, GOOD)
+    mask = footprint_contours(model, GOOD)
     np.testing.assert_array_equal(mask, brute_force_contours(model, GOOD))
     assert mask.sum() > 20
     np.testing.assert_array_equal(
-        V.footprint_contours(model, [2], threshold=0.5), brute_force_contours(model, [2], 0.5)
+        footprint_contours(model, [2], threshold=0.5), brute_force_contours(model, [2], 0.5)
     )
-    assert not V.footprint_contours(model, []).any()
+    assert not footprint_contours(model, []).any()
     v = V.view(model, GOOD, contours=True, contour_color=(0, 255, 64), scale=2)
     np.testing.assert_array_equal(v.contours, mask)
     refs = [dense["raw"], dense["rcm_good+rcb"], dense["residuals_good"]]
@@ -296,13 +298,13 @@ def test_gif_palette_more_than_256_colours():
     frame = np.dstack([gray] * 3)
     frame[0, :3] = (255, 0, 0)  # 256 gray levels (some pixels) + one colour = 257 colours
     frame[0, 3] = (0, 0, 255)
-    index, palette = V.palette_frame(frame)
+    index, palette = palette_frame(frame)
     assert len(palette) == 256
     back = palette[index]
     np.testing.assert_array_equal(back[0, :4], [(255, 0, 0)] * 3 + [(0, 0, 255)])
     diff = np.abs(back.astype(int) - frame).max(axis=-1)
     assert diff.max() == 1 and (diff > 0).sum() <= 8  # two rarest gray levels merged
-    index, palette = V.palette_frame(frame[8:])  # fewer colours: exact
+    index, palette = palette_frame(frame[8:])  # fewer colours: exact
     np.testing.assert_array_equal(palette[index], frame[8:])
 
 
@@ -349,7 +351,7 @@ def test_mp4_round_trip_is_close(model, tmp_path):
 def test_refuses_to_overwrite(model, tmp_path):
     path = tmp_path / "a.gif"
     path.write_bytes(b"precious")
-    with pytest.raises(V.MovieExistsError, match="overwrite=True") as info:
+    with pytest.raises(cd.MovieExistsError, match="overwrite=True") as info:
         V.save_movie(model, path, frames=slice(0, 2), progress=False)
     assert isinstance(info.value, FileExistsError) and isinstance(info.value, cd.CaimanDaskError)
     assert path.read_bytes() == b"precious"
@@ -457,7 +459,7 @@ def test_errors(model):
 
 def test_missing_dependency_names_the_extra(model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
-    with pytest.raises(V.MissingDependencyError, match=r"caiman-dask\[viz\]") as info:
+    with pytest.raises(cd.MissingDependencyError, match=r"caiman-dask\[viz\]") as info:
         V.save_movie(model, tmp_path / "x.mp4", frames=slice(0, 2), progress=False)
     assert isinstance(info.value, ImportError)
     assert not (tmp_path / "x.mp4").exists()

@@ -1,0 +1,512 @@
+"""The one owner of a movie's statistics: exact projections, extrema, and their cache.
+
+A movie describes itself (:class:`~caiman_dask._description.Description`); this module reads
+that description, never the movie's class:
+
+- a **factored** movie (RCM, low-rank RCB, and any sum or scalar multiple of them:
+  ``[A b]·[C; f]`` is again factored) is projected from its factors
+  (:mod:`caiman_dask._structured`): mean ``A·mean(C)``, variance ``a_p Σ a_pᵀ`` with
+  ``Σ = cov(C)``, min / max in closed form under one footprint and by an exact pass over the
+  few rows ``C[S_p]`` where footprints overlap, correlation images from the covariances of
+  neighbouring pixels. The movie is never formed and ``Y`` never read.
+- a **streaming** movie (anything with ``Y`` or the ring background: residuals, the raw movie,
+  ``raw − rcb``...) takes **one** dask pass over ``Y`` that accumulates every statistic at
+  once (float64, Chan merging; :mod:`caiman_dask._streaming`). Movies ``Y + factored``
+  (residuals, ``raw − rcb``) are reduced straight from ``Y``'s blocks in the file's own pixel
+  order by the fused kernel (:mod:`caiman_dask._moment_kernels`), their residual block never
+  stored; others reduce their ``.data`` blocks.
+
+Merged statistics are cached by the movie's identity (its description's token, dtype and
+chunks: two movies built alike share them), so further kinds, ``movie.min`` / ``movie.max``
+and exports cost nothing once a pass has run.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol, TypeGuard, get_args
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse
+from dask.base import tokenize
+
+from . import _streaming, _structured
+from ._compute import compute
+from ._description import Description
+from ._frame_kernels import frames
+from ._graph import background_op, f_blocks, footprint_op, trace_blocks, y_blocks
+from ._index import Window, frame_window
+from ._moment_kernels import MomentsState, prepare_moments
+from ._options import choose
+from .errors import OptionError
+
+__all__ = [
+    "KINDS",
+    "Kind",
+    "MovieLike",
+    "forget_statistics",
+    "has_stats",
+    "images",
+    "min_max",
+    "project",
+    "remember",
+    "stats_of_blocks",
+]
+
+Kind = Literal["mean", "std", "min", "max", "corr"]
+#: The projections :func:`project` computes.
+KINDS: tuple[Kind, ...] = get_args(Kind)
+#: Blocks merged per task of the tree reduction.
+FAN_IN = 8
+#: Time chunks per task of the fused pass when ``Y``'s chunks are free views of its file.
+STATS_GROUP = 8
+#: Statistics (and factored operators) kept in memory: at most this many entries ...
+_CACHE_SIZE = 32
+#: ... and this many bytes (the least recently used are dropped first).
+CACHE_BYTES = 256 * 2**20
+
+
+class MovieLike(Protocol):
+    """What statistics need of a movie: its description, dtype, shape, chunks and graph."""
+
+    @property
+    def description(self) -> Description: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def time_chunks(self) -> tuple[int, ...]: ...
+
+    @property
+    def data(self) -> da.Array: ...
+
+
+def _is_movie(x: Any) -> TypeGuard[MovieLike]:
+    """Whether ``x`` is a described movie (checked without building anything)."""
+    return isinstance(getattr(x, "description", None), Description)
+
+
+class _LRU:
+    """A thread-safe least-recently-used map of at most ``size`` entries and ``max_bytes``
+    bytes of NumPy arrays."""
+
+    def __init__(self, size: int, max_bytes: int = CACHE_BYTES) -> None:
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self._size = size
+        self._max_bytes = max_bytes
+        self._bytes: dict[Any, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key not in self._d:
+                return None
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            self._bytes[key] = _nbytes(value)
+            while len(self._d) > 1 and (
+                len(self._d) > self._size or sum(self._bytes.values()) > self._max_bytes
+            ):
+                old, _ = self._d.popitem(last=False)
+                self._bytes.pop(old, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+            self._bytes.clear()
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of the NumPy arrays (and sparse matrices) in a cached value."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if scipy.sparse.issparse(value):
+        return int(value.data.nbytes + getattr(value, "indices", np.empty(0)).nbytes)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+_STATS = _LRU(_CACHE_SIZE)
+_FACTORED = _LRU(8)
+
+
+def _identity(mv: MovieLike) -> str:
+    """What a movie's streaming statistics depend on: description, dtype and time chunks."""
+    return tokenize(mv.description.token, str(np.dtype(mv.dtype)), tuple(mv.time_chunks))
+
+
+def _kinds(kind: str | Iterable[str]) -> tuple[Kind, ...]:
+    ks = [kind] if isinstance(kind, str) else list(kind)
+    if not ks:
+        raise OptionError(f"kind must name at least one projection of {list(KINDS)}")
+    return tuple(choose("kind", k, KINDS) for k in ks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Factored movies: from the structure
+# ---------------------------------------------------------------------------------------------
+
+
+def _factored(desc: Description) -> tuple[Any, np.ndarray, _structured.FootprintGroups]:
+    """``(spatial factor in C pixel order, traces, groups)`` of a factored movie, float64."""
+    hit = _FACTORED.get(desc.token)
+    if hit is not None:
+        return hit
+    h = desc.model._host
+    spatial: list[Any] = []
+    temporal: list[np.ndarray] = []
+    for f in desc.footprints:
+        X = h.C if f.traces_name == "C" else np.asarray(f.traces.compute(scheduler="sync"))
+        A = scipy.sparse.csr_matrix(h.A[:, f.columns], dtype=np.float64)
+        w = f.weights[f.columns]
+        spatial.append(A if np.all(w == 1.0) else A @ scipy.sparse.diags(w))
+        temporal.append(np.asarray(X[f.columns], dtype=np.float64))
+    bg = desc.background
+    if bg is not None:
+        assert h.b is not None and h.f is not None
+        spatial.append(np.asarray(h.b[:, bg.columns], dtype=np.float64) * bg.weights[bg.columns])
+        temporal.append(np.asarray(h.f[bg.columns], dtype=np.float64))
+    if not spatial:
+        A_all: Any = scipy.sparse.csr_matrix((desc.model.P, 0))
+        C_all = np.zeros((0, desc.model.T))
+    elif len(spatial) == 1:
+        A_all, C_all = spatial[0], temporal[0]
+    else:
+        A_all = scipy.sparse.hstack([scipy.sparse.csr_matrix(s) for s in spatial], format="csr")
+        C_all = np.concatenate(temporal, axis=0)
+    value = (A_all, np.ascontiguousarray(C_all), _structured.footprint_groups(A_all))
+    _FACTORED.put(desc.token, value)
+    return value
+
+
+def _factored_project(
+    desc: Description, kinds: Sequence[Kind], window: Window
+) -> dict[str, np.ndarray]:
+    A, C, groups = _factored(desc)
+    if not window.whole:
+        C = np.ascontiguousarray(C[:, window.index])
+    dims = desc.model.dims
+    out: dict[str, np.ndarray] = {}
+    if "mean" in kinds:
+        out["mean"] = _structured.structured_mean(A, C, groups=groups)
+    std = None
+    if "std" in kinds or "corr" in kinds:
+        std = _structured.structured_std(A, C, groups=groups)
+        if "std" in kinds:
+            out["std"] = std
+    if "min" in kinds or "max" in kinds:
+        lo, hi = _structured.structured_min_max(A, C, groups=groups)
+        if "min" in kinds:
+            out["min"] = lo
+        if "max" in kinds:
+            out["max"] = hi
+    if "corr" in kinds:
+        assert std is not None
+        offsets = _streaming.corr_offsets(len(dims))
+        pairs = _structured.structured_cov_pairs(A, C, dims, offsets)
+        pairs = {k: np.reshape(v, dims) for k, v in pairs.items()}
+        out["corr"] = _streaming.caiman_corr_from_pairs(np.reshape(std**2, dims), pairs, dims)
+    return {k: np.reshape(v, dims) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming movies: one pass over Y
+# ---------------------------------------------------------------------------------------------
+
+
+def stats_of_blocks(data: da.Array, corr: bool) -> Any:
+    """A delayed tree reduction of :func:`_streaming.block_stats` over a dask array's blocks."""
+    stats_of = dask.delayed(_streaming.block_stats, pure=True)
+    return _tree_merge([stats_of(b, corr=corr) for b in data.to_delayed().ravel()])
+
+
+def _tree_merge(parts: list[Any]) -> Any:
+    """Merge delayed statistics in a tree of fan-in :data:`FAN_IN`."""
+    merge = dask.delayed(_streaming.merge_many, pure=True)
+    while len(parts) > 1:
+        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
+    return parts[0]
+
+
+def _block_layout(y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A movie block as rows ``(n, npix)`` without copying when it is stored transposed
+    (frame-major memmap: CaImAn's Fortran pixel order); ``True`` in that case."""
+    n = y.shape[0]
+    reverse = (0, *range(y.ndim - 1, 0, -1))
+    if not y.flags.c_contiguous and y.transpose(reverse).flags.c_contiguous:
+        return y.transpose(reverse).reshape(n, -1), True
+    return np.ascontiguousarray(y).reshape(n, -1), False
+
+
+def _traces_of(c: Sequence[Any], n: int) -> np.ndarray:
+    """The block's traces ``(n, K_sel)`` from each footprint factor's ``(K_j, n)`` block."""
+    parts = [np.asarray(x) for x in c]
+    return np.concatenate(parts, axis=0).T if parts else np.zeros((n, 0))
+
+
+def _residual_block_moments(
+    y: np.ndarray,
+    mop_C: Any,
+    mop_F: Any,
+    c: Sequence[Any],
+    f: np.ndarray | None,
+    *,
+    dims: tuple[int, ...],
+) -> dict[str, Any]:
+    """Mean / M2 / min / max of one block of ``Y − (b·f + A·C)`` in one fused pass (the block
+    of the movie itself is never stored)."""
+    rows, fortran = _block_layout(y)
+    state = MomentsState(mop_F if fortran else mop_C)
+    state.update(rows, _traces_of(c, y.shape[0]), None if f is None else np.asarray(f).T)
+    shape = dims[::-1] if fortran else dims
+    stats: dict[str, Any] = {
+        k: v if k == "n" else np.reshape(v, shape) for k, v in state.result().items()
+    }
+    return _streaming.stats_to_c_order(stats, dims) if fortran else stats
+
+
+def _residual_block_stats(
+    y: np.ndarray,
+    opA_C: Any,
+    opA_F: Any,
+    opB_C: Any,
+    opB_F: Any,
+    c: Sequence[Any],
+    f: np.ndarray | None,
+    *,
+    dims: tuple[int, ...],
+    out_dtype: np.dtype,
+) -> dict[str, Any]:
+    """Statistics with neighbour co-moments of one block of ``Y − (b·f + A·C)``, in the
+    block's own pixel order."""
+    rows, fortran = _block_layout(y)
+    A, b = (opA_F, opB_F) if fortran else (opA_C, opB_C)
+    n = y.shape[0]
+    out = np.empty((n, math.prod(dims)), out_dtype)
+    frames(out, A, _traces_of(c, n), b, None if f is None else np.asarray(f).T, rows)
+    stats = _streaming.block_stats(out.reshape((n, *(dims[::-1] if fortran else dims))), corr=True)
+    return _streaming.stats_to_c_order(stats, dims) if fortran else stats
+
+
+def _clip_chunks(chunks: tuple[int, ...], start: int, stop: int) -> tuple[int, ...]:
+    """The parts of time chunks ``chunks`` inside frames ``start:stop`` (non-empty)."""
+    edges = np.concatenate([[0], np.cumsum(chunks)])
+    lo = np.clip(edges[:-1], start, stop)
+    hi = np.clip(edges[1:], start, stop)
+    return tuple(int(n) for n in hi - lo if n > 0)
+
+
+def _with_margins(chunks: tuple[int, ...], start: int, T: int) -> tuple[int, ...]:
+    """Chunks of a window starting at ``start`` padded to all ``T`` frames by one chunk before
+    and one after (when not empty)."""
+    tail = T - start - sum(chunks)
+    return ((start,) if start else ()) + chunks + ((tail,) if tail else ())
+
+
+def _group_chunks(chunks: tuple[int, ...], group: int) -> tuple[int, ...]:
+    """Consecutive runs of ``group`` chunks merged into one."""
+    return tuple(sum(chunks[i : i + group]) for i in range(0, len(chunks), group))
+
+
+def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]:
+    """Per-block delayed statistics of a movie ``Y + factored``, frames ``start:stop``,
+    straight from ``Y``'s blocks.
+
+    Each task computes its block in the pixel order ``Y``'s block arrives in (CaImAn's Fortran
+    order for a frame-major memmap: no transpose at all) and reduces it at once; only the
+    per-pixel statistics are reordered, bit for bit the same as reducing C-ordered frames.
+    Without ``corr`` the fused kernel folds whole runs of :data:`STATS_GROUP` time chunks into
+    one state when ``Y``'s blocks are free views of its file (CaImAn memmaps).
+    """
+    desc = mv.description
+    m = desc.model
+    T, dt = m.T, np.dtype(mv.dtype)
+    inner = _clip_chunks(tuple(mv.time_chunks), start, stop)
+    y_arr = None
+    if not corr and m.movie_source is not None:
+        layout = _with_margins(_group_chunks(inner, STATS_GROUP), start, T)
+        y_arr = m.movie_source.in_time_chunks(layout)
+    if y_arr is None:
+        layout = _with_margins(inner, start, T)
+        y_arr = y_blocks(desc, layout)
+    sel = slice(1 if start else 0, len(layout) - (1 if stop < T else 0))  # drop the margins
+
+    def blocks(arr: da.Array) -> list[Any]:
+        return list(arr.to_delayed().ravel())[sel]
+
+    ys = blocks(y_arr)
+    traces = [blocks(t) for t in trace_blocks(desc, layout)]
+    cs = [list(c) for c in zip(*traces, strict=True)] if traces else [[] for _ in ys]
+    fb = f_blocks(desc, layout)
+    fs: list[Any] = [None] * len(ys) if fb is None else blocks(fb)
+    opsA = [footprint_op(desc, dt, o).to_delayed().ravel()[0] for o in ("C", "F")]
+    bops = [background_op(desc, dt, o) for o in ("C", "F")]
+    opsB = [None if b is None else b.to_delayed().ravel()[0] for b in bops]
+    if not corr:  # the fused one-pass kernel, its operators prepared once per layout
+        prep = dask.delayed(prepare_moments, pure=True)
+        mops = [prep(opsA[0], opsB[0]), prep(opsA[1], opsB[1])]
+        moments = dask.delayed(_residual_block_moments, pure=True)
+        return [
+            moments(yb, *mops, cb, f, dims=m.dims) for yb, cb, f in zip(ys, cs, fs, strict=True)
+        ]
+    fn = dask.delayed(_residual_block_stats, pure=True)
+    return [
+        fn(yb, opsA[0], opsA[1], opsB[0], opsB[1], cb, f, dims=m.dims, out_dtype=dt)
+        for yb, cb, f in zip(ys, cs, fs, strict=True)
+    ]
+
+
+def _stream_graph(mv: MovieLike, window: Window, corr: bool) -> Any:
+    """A delayed reduction of a streaming movie's statistics over ``window``."""
+    desc = mv.description
+    if desc.y == 1.0 and desc.ring == 0.0 and window.span is not None:
+        return _tree_merge(_from_y_parts(mv, corr, *window.span))
+    data = mv.data if window.whole else mv.data[window.index]
+    return stats_of_blocks(data, corr)
+
+
+def images(stats: dict[str, Any], kinds: Iterable[Kind]) -> dict[str, np.ndarray]:
+    """Images ``{kind: image}`` from merged streaming statistics (see
+    :func:`_streaming.finalize`)."""
+    return _streaming.finalize(stats, kinds)
+
+
+def _cached(mv: MovieLike, window: Window, corr: bool) -> dict[str, Any] | None:
+    ident = _identity(mv)
+    hit = _STATS.get((ident, window.key, True))
+    if hit is None and not corr:
+        hit = _STATS.get((ident, window.key, False))
+    return hit
+
+
+def forget_statistics() -> None:
+    """Drop every cached statistic and factored operator (the next projection, ``min`` or
+    ``max`` computes them again). Statistics are cached by what a movie is made of, so two
+    movies built alike share them; this frees their memory."""
+    _STATS.clear()
+    _FACTORED.clear()
+
+
+def has_stats(mv: MovieLike, corr: bool) -> bool:
+    """Whether the statistics of all of a streaming movie's frames are cached."""
+    return _cached(mv, frame_window(None, mv.shape[0]), corr) is not None
+
+
+def remember(mv: MovieLike, corr: bool, stats: dict[str, Any]) -> None:
+    """Cache the merged statistics of all of ``mv``'s frames (computed elsewhere, e.g. by an
+    export from the very blocks it wrote)."""
+    _STATS.put((_identity(mv), frame_window(None, mv.shape[0]).key, corr), stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public face
+# ---------------------------------------------------------------------------------------------
+
+
+def project(
+    movie: MovieLike | Sequence[MovieLike],
+    kind: Kind | Sequence[Kind] = "mean",
+    *,
+    frames: Any = None,
+    progress: bool | None = None,
+) -> Any:
+    """Exact projections over time of a lazy movie (or of several movies in one pass).
+
+    Parameters
+    ----------
+    movie
+        A lazy movie (:func:`caiman_dask.rcm`, :func:`~caiman_dask.rcb`,
+        :func:`~caiman_dask.residuals`, :func:`~caiman_dask.raw`, or an expression of them
+        such as ``cd.rcm(m) + cd.rcb(m)``), or a list of them: the streaming ones then share
+        one pass over the movie ``Y``.
+    kind
+        ``"mean"``, ``"std"`` (population, ddof=0), ``"min"``, ``"max"`` or ``"corr"``
+        (CaImAn's ``local_correlations`` image, its conventions included: 8 neighbours in 2D,
+        6 face neighbours in 3D, NaN where a pixel or a neighbour it uses is constant), or a
+        sequence of them.
+    frames
+        A time window: ``None`` (all), a slice, int indices or a boolean mask. Empty or
+        out-of-range windows raise :class:`~caiman_dask.OptionError`.
+    progress
+        Show a progress bar for streaming passes.
+
+    Returns
+    -------
+    numpy.ndarray or dict or list
+        A float64 image shaped ``dims`` for one kind, a ``{kind: image}`` dict for several,
+        and a list of those for a list of movies.
+
+    Notes
+    -----
+    All results are exact (up to float64 rounding). Factored movies (RCM, low-rank RCB and
+    their sums and multiples) are projected from their factors and never materialise the
+    movie; movies with ``Y`` or a ring background take one streaming pass whose statistics are
+    cached, so further kinds cost nothing (``"corr"`` needs neighbour co-moments: asking for
+    it first makes the pass collect them). An empty movie (an empty component selection,
+    ``a − a``) gives zero images (``"corr"``: NaN, as CaImAn gives for a constant movie).
+
+    Examples
+    --------
+    >>> import caiman_dask as cd
+    >>> m = cd.synthetic(dims=(32, 40), T=60, K=6, seed=0)
+    >>> cd.project(cd.rcm(m), "max").shape
+    (32, 40)
+    >>> sorted(cd.project(cd.residuals(m) - cd.rcm(m, "bad"), ["mean", "std"]))
+    ['mean', 'std']
+    """
+    single = _is_movie(movie)
+    movies: list[Any] = [movie] if single else list(movie)  # type: ignore[arg-type]
+    for mv in movies:
+        if not _is_movie(mv):
+            raise OptionError(
+                "project() takes caiman_dask movies (cd.rcm / cd.rcb / cd.residuals / cd.raw, "
+                f"or sums of them), got {type(mv).__name__}"
+            )
+    kinds = _kinds(kind)
+    corr = "corr" in kinds
+    results: list[dict[str, np.ndarray] | None] = []
+    pending: list[tuple[int, MovieLike, Window]] = []
+    graphs: list[Any] = []
+    for i, mv in enumerate(movies):
+        window = frame_window(frames, mv.shape[0])
+        if not mv.description.streaming:
+            results.append(_factored_project(mv.description, kinds, window))
+            continue
+        stats = _cached(mv, window, corr)
+        results.append(None if stats is None else _streaming.finalize(stats, kinds))
+        if stats is None:
+            pending.append((i, mv, window))
+            graphs.append(_stream_graph(mv, window, corr))
+    for (i, mv, window), stats in zip(pending, compute(graphs, bool(progress)), strict=True):
+        _STATS.put((_identity(mv), window.key, corr), stats)
+        results[i] = _streaming.finalize(stats, kinds)
+    images = [r if not isinstance(kind, str) else r[kind] for r in results]  # type: ignore[index]
+    return images[0] if single else images
+
+
+def min_max(movie: MovieLike) -> tuple[float, float]:
+    """Exact minimum and maximum over a whole movie (NaN pixels ignored; cached)."""
+    key = ("min_max", _identity(movie))
+    hit = _STATS.get(key)
+    if hit is None:
+        img = project(movie, ["min", "max"])
+        hit = (float(np.nanmin(img["min"])), float(np.nanmax(img["max"])))
+        _STATS.put(key, hit)
+    return hit
