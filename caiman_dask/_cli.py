@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import h5py
 import numpy as np
@@ -16,7 +16,13 @@ import caiman_dask as cd
 
 from ._compute import scheduler
 from ._store import CODECS, ZARR_FORMATS
-from .errors import CaimanDaskError
+from .errors import (
+    CaimanDaskError,
+    MissingFileError,
+    OptionError,
+    StoreError,
+    StoreWriteError,
+)
 
 #: Exit codes: 0 success, 1 a failure while running, 2 bad arguments or input.
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -34,7 +40,19 @@ def _median_ms(fn: Any, n: int = 50) -> float:
 
 def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StoreError(
+            f"OUT_DIR {str(out)!r} exists and is a file; the demo writes several files into a "
+            "directory. Pass a new or existing directory."
+        )
+    if len(args.dims) not in (2, 3):
+        raise OptionError(
+            f"--dims {' '.join(map(str, args.dims))}: pass 2 or 3 sizes, e.g. 128 128"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreWriteError(f"cannot create OUT_DIR {str(out)!r}: {e.strerror or e}") from e
     dims = tuple(args.dims)
     print(f"caiman-dask {cd.__version__} demo -> {out}")
     t0 = time.perf_counter()
@@ -91,8 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if not path.exists():
-        print(f"caiman-dask info: {path} does not exist", file=sys.stderr)
-        return EXIT_USAGE
+        raise MissingFileError(f"PATH {str(path)!r} does not exist")
     if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists()):
         print(cd.describe_store(path))
         return EXIT_OK
@@ -124,23 +141,20 @@ def _is_cnmf(path: Path) -> bool:
 def _export(args: argparse.Namespace) -> int:
     cnmf = Path(args.cnmf)
     if not cnmf.exists():
-        print(f"caiman-dask export: {cnmf} does not exist", file=sys.stderr)
-        return EXIT_USAGE
+        raise MissingFileError(f"CNMF file {str(cnmf)!r} does not exist")
     components: Any = args.components
     if components not in ("all", "good", "bad"):
         try:
             components = [int(x) for x in components.split(",")]
         except ValueError:
-            print(
-                f"caiman-dask export: --components {components!r}: expected all, good, bad or "
-                "comma-separated indices such as 0,3,7",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
+            raise OptionError(
+                f"--components {components!r}: expected all, good, bad or comma-separated "
+                "indices such as 0,3,7"
+            ) from None
     movies = None if args.movies is None else [m.strip() for m in args.movies.split(",") if m]
     model = cd.open_cnmf(cnmf, movie=args.movie)
     t0 = time.perf_counter()
-    with scheduler(args.scheduler, workers=args.workers) as client:
+    with scheduler(args.scheduler, workers=args.workers, timeout=args.connect_timeout) as client:
         if client is not None:
             print(f"running on {client.scheduler.address} ({len(client.nthreads())} workers)")
         out = cd.to_zarr(
@@ -162,25 +176,66 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line of stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; pass an int >= 1"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not positive; pass an int >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="caiman-dask",
         description="Lazy, exact views of CaImAn CNMF results (reconstructions, backgrounds, "
-        "residuals) on dask.",
+        "residuals) on dask. Errors are one line on stderr; --debug shows the traceback.",
+    )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # (--debug is accepted after the command too; SUPPRESS keeps one given before it)
+    debug = _Parser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback"
     )
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="build a synthetic CNMF result and its lazy movies")
+    d = sub.add_parser(
+        "demo", help="build a synthetic CNMF result and its lazy movies", parents=[debug]
+    )
     d.add_argument("out_dir", help="directory for the demo's files")
-    d.add_argument("--dims", type=int, nargs="+", default=[128, 128], metavar="D")
-    d.add_argument("--frames", type=int, default=2000)
-    d.add_argument("--components", type=int, default=60)
+    d.add_argument("--dims", type=_positive, nargs="+", default=[128, 128], metavar="D")
+    d.add_argument("--frames", type=_positive, default=2000)
+    d.add_argument("--components", type=_positive, default=60)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_demo)
-    i = sub.add_parser("info", help="describe a CNMF .hdf5 file or a movie")
+    i = sub.add_parser("info", help="describe a CNMF .hdf5 file or a movie", parents=[debug])
     i.add_argument("path")
     i.add_argument("--movie", default=None, help="the movie CNMF was fitted on")
     i.set_defaults(func=_info)
-    e = sub.add_parser("export", help="export movies, projections and factors to zarr")
+    e = sub.add_parser(
+        "export", help="export movies, projections and factors to zarr", parents=[debug]
+    )
     e.add_argument("cnmf", help="a CaImAn cnmf.save() .hdf5 file")
     e.add_argument("--movie", default=None, help="the movie CNMF fitted (default: recorded path)")
     e.add_argument("-o", "--output", required=True, help="the .zarr store to write")
@@ -188,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--movies", default=None, help="comma-separated: rcm,rcb,residuals")
     e.add_argument("--codec", default="zstd", choices=list(CODECS))
     e.add_argument("--zarr-format", type=int, default=3, choices=list(ZARR_FORMATS))
-    e.add_argument("--chunk-frames", type=int, default=None)
-    e.add_argument("--shard-frames", type=int, default=None)
+    e.add_argument("--chunk-frames", type=_positive, default=None, metavar="N")
+    e.add_argument("--shard-frames", type=_positive, default=None, metavar="N")
     e.add_argument("--dtype", default=None, choices=[None, "float32", "float64"])
     e.add_argument("--no-projections", action="store_true")
     e.add_argument("--overwrite", action="store_true")
@@ -202,9 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=None,
-        help="start a LocalCluster with this many single-threaded workers",
+        metavar="N",
+        help="start a LocalCluster with this many single-threaded workers (N >= 1)",
+    )
+    e.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for the --scheduler address to answer (default 10)",
     )
     e.set_defaults(func=_export)
     return p
@@ -214,14 +277,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``caiman-dask`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "debug", False):
+        return int(args.func(args))  # (a failure raises, with its traceback)
     try:
         return int(args.func(args))
-    except (CaimanDaskError, FileNotFoundError) as e:
-        print(f"caiman-dask {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"caiman-dask {args.command}: interrupted", file=sys.stderr)
         return 130
+    except CaimanDaskError as e:
+        print(f"caiman-dask {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001  (the one top-level handler: no traceback)
+        print(
+            f"caiman-dask {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,13 +16,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
+import numpy as np
 from dask.diagnostics import ProgressBar
 from dask.sizeof import sizeof
 from dask.task_spec import DataNode, GraphNode
 from distributed import Client, LocalCluster, default_client
 from distributed import progress as show_progress
 
-__all__ = ["active_client", "compute", "scheduler"]
+from .errors import OptionError, SchedulerError
+
+__all__ = ["active_client", "check_workers", "compute", "scheduler"]
 
 
 def active_client() -> Any:
@@ -111,23 +114,85 @@ def compute(graphs: Sequence[Any], progress: bool = False) -> list[Any]:
         raise
 
 
+#: Seconds :func:`scheduler` waits for a scheduler address to answer before giving up.
+CONNECT_TIMEOUT = 10.0
+
+
+def check_workers(workers: Any, name: str = "workers") -> int | None:
+    """``workers`` if it is ``None`` or a positive int, else an :class:`OptionError`."""
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
+        raise OptionError(
+            f"{name}={workers!r} is not a positive number of worker processes; pass an int >= 1 "
+            "(e.g. workers=4), or leave it out to run on the local threaded scheduler."
+        )
+    return int(workers)
+
+
 @contextlib.contextmanager
-def scheduler(address: str | None = None, *, workers: int | None = None) -> Iterator[Any]:
+def scheduler(
+    address: str | None = None,
+    *,
+    workers: int | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> Iterator[Any]:
     """Use a dask.distributed scheduler inside the block.
 
     ``address`` connects to an existing scheduler (``"tcp://host:8786"``); ``workers`` starts a
     ``LocalCluster`` with that many single-threaded worker processes; neither: nothing
     changes (the local threaded scheduler, or a Client you made yourself).
+
+    Parameters
+    ----------
+    address
+        A scheduler address such as ``"tcp://10.0.0.1:8786"``.
+    workers
+        A positive number of worker processes for a fresh ``LocalCluster``.
+    timeout
+        Seconds to wait for ``address`` to answer.
+
+    Raises
+    ------
+    OptionError
+        ``workers`` is not a positive int, ``address`` not a string, or both are given.
+    SchedulerError
+        Nothing answers at ``address`` within ``timeout`` seconds, or the cluster cannot start.
     """
-    if address is None and not workers:
+    workers = check_workers(workers)
+    if address is not None and not isinstance(address, str):
+        raise OptionError(
+            f"address={address!r} is not a scheduler address; pass a string such as "
+            "'tcp://10.0.0.1:8786'."
+        )
+    if address is not None and workers is not None:
+        raise OptionError(
+            f"address={address!r} and workers={workers} were both given; pass the address of "
+            "an existing scheduler or a number of workers for a new local cluster, not both."
+        )
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise OptionError(f"timeout={timeout!r} must be a positive number of seconds")
+    if address is None and workers is None:
         yield None
         return
     if address is not None:
-        with Client(address) as client:
+        try:
+            client = Client(address, timeout=timeout)
+        except (OSError, ValueError, TypeError) as e:  # (TimeoutError is an OSError)
+            raise SchedulerError(
+                f"no dask scheduler answered at address={address!r} within {timeout:g} s "
+                f"({type(e).__name__}: {e}). Check that the scheduler is running and the "
+                "address (tcp://host:port) is reachable from here."
+            ) from e
+        with client:
             yield client
         return
-    with (
-        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
-        Client(cluster) as client,
-    ):
+    try:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
+    except (OSError, RuntimeError) as e:
+        raise SchedulerError(
+            f"could not start a LocalCluster with workers={workers} ({type(e).__name__}: {e}); "
+            "try fewer workers, or run without a cluster."
+        ) from e
+    with cluster, Client(cluster) as client:
         yield client

@@ -26,7 +26,14 @@ import sparse
 from dask.base import tokenize
 
 from ._frame_kernels import c_to_f_permutation
-from ._io import MovieSource, memmap_candidates, open_movie, read_cnmf_hdf5, sparse_to_scipy
+from ._io import (
+    MovieSource,
+    check_frame_chunk,
+    memmap_candidates,
+    open_movie,
+    read_cnmf_hdf5,
+    sparse_to_scipy,
+)
 from ._ring import infer_ssub_B
 from .errors import (
     ComponentError,
@@ -271,12 +278,17 @@ def _warn_nans(arrays: Mapping[str, np.ndarray | None]) -> None:
     for name, arr in arrays.items():
         if arr is None or arr.dtype.kind != "f":
             continue
-        n = int(np.isnan(arr).sum())
-        if n:
+        n_nan = int(np.isnan(arr).sum())
+        n_inf = int(np.isinf(arr).sum())
+        if n_nan or n_inf:
+            what = " and ".join(
+                f"{n} {kind} value(s)" for n, kind in ((n_nan, "NaN"), (n_inf, "inf")) if n
+            )
             warnings.warn(
-                f"factor {name} has {n} NaN value(s) of {arr.size}; every frame pixel they touch "
-                "will be NaN. Replace them (e.g. np.nan_to_num) before building the model if that"
-                " is not what you want.",
+                f"factor {name} has {what} of {arr.size}; every frame pixel they touch will be "
+                "NaN or inf, and so will those pixels' images (mean, std, corr, min, max). Replace"
+                " them (e.g. np.nan_to_num) before building the model if that is not what you "
+                "want.",
                 NaNWarning,
                 stacklevel=4,
             )
@@ -287,12 +299,73 @@ def _warn_nans(arrays: Mapping[str, np.ndarray | None]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def _validate(m: CNMFModel) -> None:
-    dims = m.dims
-    if len(dims) not in (2, 3) or min(dims) < 1:
-        raise ShapeMismatchError(
-            f"dims must be (d1, d2) or (d1, d2, d3) of positive ints, got {dims}"
+def _check_dims(dims: Any) -> tuple[int, ...]:
+    """``dims`` as a tuple of 2 or 3 positive ints; floats are refused, never truncated."""
+    if isinstance(dims, str) or not isinstance(dims, Sequence | np.ndarray):
+        raise OptionError(
+            f"dims={dims!r} is not a sequence; pass the frame shape (d1, d2) or (d1, d2, d3) "
+            "as ints, e.g. dims=(512, 512)."
         )
+    vals = list(dims)
+    for d in vals:
+        if isinstance(d, bool) or not isinstance(d, int | np.integer):
+            raise OptionError(
+                f"dims={tuple(vals)!r} holds {d!r} ({type(d).__name__}); frame dims must be "
+                "ints (a float is not truncated). Pass e.g. dims=(512, 512); CaImAn's "
+                "estimates.dims has the right values."
+            )
+    out = tuple(int(d) for d in vals)
+    if len(out) not in (2, 3) or min(out) < 1:
+        raise ShapeMismatchError(
+            f"dims must be (d1, d2) or (d1, d2, d3) of positive ints, got {out}"
+        )
+    return out
+
+
+def _check_fr(fr: Any) -> float | None:
+    """``fr`` as a float: ``None`` or a positive finite frame rate in Hz."""
+    if fr is None:
+        return None
+    if isinstance(fr, bool) or not isinstance(fr, int | float | np.integer | np.floating):
+        raise OptionError(
+            f"fr={fr!r} ({type(fr).__name__}) is not a frame rate; pass a positive number of "
+            "frames per second (e.g. fr=30.0) or None."
+        )
+    v = float(fr)
+    if not (math.isfinite(v) and v > 0):
+        raise OptionError(
+            f"fr={fr!r} is not a positive finite frame rate; pass the frames per second the "
+            "movie was recorded at (e.g. fr=30.0), or None if unknown."
+        )
+    return v
+
+
+def _check_indices(value: Any, name: str) -> np.ndarray | None:
+    """Component indices as int64: integers only (floats are refused, never truncated)."""
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype == bool or arr.dtype.kind not in "iu":
+        raise ComponentError(
+            f"{name} has dtype {arr.dtype} (first values {arr.ravel()[:5].tolist()}); component "
+            "indices must be integers (a float is not truncated). Pass e.g. "
+            f"{name}=np.array([0, 3, 7]); for a boolean mask use np.flatnonzero(mask)."
+        )
+    return arr.astype(np.int64).ravel()
+
+
+def _validate(m: CNMFModel) -> None:
+    missing = [n for n in ("A", "C") if not isinstance(getattr(m, n), da.Array)]
+    if missing:
+        raise ShapeMismatchError(
+            f"the model needs the factor(s) {missing} (footprints A (P, K) and traces C (K, T));"
+            f" got {[type(getattr(m, n)).__name__ for n in missing]}. Pass them to "
+            "cd.from_arrays(A, C, dims=...)."
+        )
+    dims = _check_dims(m.dims)
+    _check_fr(m.fr)
     P, K = m.P, m.K
     if m.A.ndim != 2:
         raise ShapeMismatchError(f"A must be 2-D (P, K), got shape {tuple(m.A.shape)}")
@@ -498,7 +571,17 @@ def from_arrays(
     >>> m.K, m.T, m.dims
     (2, 7, (3, 4))
     """
-    dims_t = tuple(int(d) for d in dims)
+    for name, x in (("A", A), ("C", C)):
+        if x is None:
+            raise ShapeMismatchError(
+                f"{name}=None: a model needs footprints A (P, K) and traces C (K, T); pass both "
+                "arrays (NumPy, scipy.sparse, dask or memmap)."
+            )
+    dims_t = _check_dims(dims)
+    fr = _check_fr(fr)
+    frame_chunk = check_frame_chunk(frame_chunk)
+    idx_good = _check_indices(idx_components, "idx_components")
+    idx_bad = _check_indices(idx_components_bad, "idx_components_bad")
     src = None if Y is None else open_movie(Y, frame_chunk=frame_chunk)
     files: dict[str, Path] = {}
     if src is not None and src.files:
@@ -522,12 +605,8 @@ def from_arrays(
         YrA=_as_dask(YrA, "YrA"),
         S=_as_dask(S, "S"),
         F_dff=_as_dask(F_dff, "F_dff"),
-        idx_components=None
-        if idx_components is None
-        else np.asarray(idx_components, dtype=np.int64).ravel(),
-        idx_components_bad=None
-        if idx_components_bad is None
-        else np.asarray(idx_components_bad, dtype=np.int64).ravel(),
+        idx_components=idx_good,
+        idx_components_bad=idx_bad,
         fr=fr,
         extras=dict(extras or {}),
         files=files,
@@ -567,8 +646,16 @@ def open_cnmf(
     FileNotFoundError, FileFormatError, ShapeMismatchError
     """
     path = Path(path)
+    dims_o = None if dims is None else _check_dims(dims)
+    frame_chunk = check_frame_chunk(frame_chunk)
     r = read_cnmf_hdf5(path, frame_chunk=frame_chunk)
-    dims_t = tuple(int(d) for d in dims) if dims is not None else r["dims"]
+    dims_t = dims_o if dims_o is not None else r["dims"]
+    for name in ("A", "C"):
+        if r[name] is None:
+            raise FileFormatError(
+                f"{path.name}: /estimates/{name} is missing, 'NoneType' or not numeric; a CNMF "
+                "result needs footprints A and traces C. Was cnmf.save() called before fit()?"
+            )
     if movie is None and r.get("mmap_file"):
         for cand in memmap_candidates(path, r["mmap_file"]):
             if cand.exists():
@@ -581,8 +668,6 @@ def open_cnmf(
     b0 = r["b0"]
     if b0 is not None and b0.ndim == 2 and 1 in b0.shape:
         b0 = b0.ravel()
-    if r["C"] is None:
-        raise FileFormatError(f"{path.name}: /estimates/C is missing or not numeric")
     return CNMFModel(
         A=r["A"],
         C=r["C"],

@@ -21,12 +21,16 @@ only what is missing and ends byte-identical to a clean run. The root attribute
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+import socket
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -42,12 +46,28 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ._compute import compute
+from ._io import check_csc
 from ._model import CNMFModel, _sparse_compute, from_arrays
 from ._movie import rcb, rcm, residuals
 from ._options import choose
-from ._statistics import KINDS, Kind, images, project, remember, stats_of_blocks
+from ._statistics import (
+    KINDS,
+    Kind,
+    images,
+    nonfinite_pixels,
+    project,
+    remember,
+    stats_of_blocks,
+)
 from ._version import __version__
-from .errors import MissingFileError, OptionError, StoreError
+from .errors import (
+    CaimanDaskError,
+    MissingFileError,
+    OptionError,
+    StoreError,
+    StoreLockedError,
+    StoreWriteError,
+)
 
 __all__ = ["describe_store", "open_zarr", "store_info", "to_zarr"]
 
@@ -138,12 +158,168 @@ def _our_params(path: Path) -> dict[str, Any] | None:
 
 def _create_root(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> None:
     """Create the store with its root metadata in one atomic step (a directory rename), so a
-    path is either absent or recognisably ours, whenever a run is killed."""
+    path is either absent or recognisably ours, whenever a run is killed. (Called with the
+    path claimed, so leftovers of other runs are stale: a run killed here.)"""
     for stale in path.parent.glob(f".{path.name}.creating-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = path.parent / f".{path.name}.creating-{os.getpid()}"
-    zarr.create_group(str(tmp), zarr_format=zarr_format, attributes=attrs)
-    os.rename(tmp, path)
+    try:
+        zarr.create_group(str(tmp), zarr_format=zarr_format, attributes=attrs)
+        os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _positive_int(name: str, value: Any) -> int | None:
+    """``value`` if it is ``None`` or an int >= 1, else an :class:`OptionError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise OptionError(
+            f"{name}={value!r} is not a positive number of frames; pass an int >= 1, or None "
+            "for the default."
+        )
+    return int(value)
+
+
+def _check_dtype(dtype: Any) -> np.dtype | None:
+    """The stored movies' dtype: ``None`` (the movies' own), a float or an integer dtype."""
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as e:
+        raise OptionError(
+            f"dtype={dtype!r} is not a NumPy dtype; pass e.g. 'float32', 'float64', 'int16' or "
+            "None for the movies' own dtype."
+        ) from e
+    if dt.kind not in "fiu" or dt.itemsize > 8:
+        raise OptionError(
+            f"dtype={dtype!r} ({dt}) cannot store a movie; pass a float dtype ('float32', "
+            "'float64') or an integer dtype ('int16', 'uint16', ...), or None."
+        )
+    return dt
+
+
+def _check_integer_range(built: Mapping[str, Any], dt: np.dtype) -> None:
+    """Refuse an integer dtype that cannot hold a movie's exact range (it would wrap around).
+
+    Values are converted like ``numpy.ndarray.astype``: fractions are truncated toward zero.
+    """
+    info = np.iinfo(dt)
+    for n, mv in built.items():
+        lo, hi = float(mv.min), float(mv.max)
+        bad = nonfinite_pixels(mv)
+        if bad:
+            raise OptionError(
+                f"dtype={dt.name!r}: movie {n!r} holds non-finite values (NaN or inf) at {bad} "
+                "pixels; an integer dtype cannot store them. Pass a float dtype such as "
+                "'float32', or replace them in the movie or factors first."
+            )
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise OptionError(
+                f"dtype={dt.name!r}: movie {n!r} has no finite range (min {lo}, max {hi}); an "
+                "integer dtype cannot store it. Pass a float dtype such as 'float32'."
+            )
+        if math.trunc(lo) < info.min or math.trunc(hi) > info.max:
+            raise OptionError(
+                f"dtype={dt.name!r} holds {info.min}..{info.max}, but movie {n!r} ranges from "
+                f"{lo:.6g} to {hi:.6g} (exact); storing it would wrap values around. Pass a "
+                "float dtype ('float32'), a wider integer dtype (e.g. 'int32'), or scale the "
+                "movie first."
+            )
+
+
+@contextlib.contextmanager
+def _claim(path: Path) -> Iterator[None]:
+    """Hold an exclusive claim on ``path`` for one export: a lock file beside it.
+
+    ``flock`` locks are released by the kernel when their process ends, however it ends, so
+    a killed export never blocks the next one; the lock file is removed when the export ends.
+    A second export started while one runs gets a :class:`StoreLockedError` at once.
+    """
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_error(path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLockedError(
+                f"another caiman_dask export to {path} is running ({holder}); wait for it to "
+                "finish or stop it, then run the export again (it resumes where the other "
+                "stopped), or choose another path."
+            ) from None
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise
+            break  # a filesystem without locks: run unclaimed, as before
+        try:  # the holder may have removed the file as we opened it: claim the current one
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _write_error(path: Path, e: OSError) -> StoreWriteError:
+    """A clear error for a failed write of the store at ``path``."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        why = (
+            "the disk is full (or a quota or file size limit was reached). Free some space "
+            "or export elsewhere; running the same export again resumes it. The store is "
+            "marked incomplete until then"
+        )
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "this place is not writable. Choose a directory you can write to"
+    else:
+        why = "check the path, free disk space and permissions"
+    return StoreWriteError(f"cannot write the store {path}: {e.strerror or e} ({why}).")
+
+
+#: errno values of a write that cannot succeed here: a full disk, a quota, a file size limit,
+#: no permission, a read-only file system.
+_WRITE_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn the operating system's write errors into a :class:`StoreWriteError` (other
+    errors, of reading the inputs for instance, pass unchanged)."""
+    try:
+        yield
+    except CaimanDaskError:
+        raise
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(path, e) from e
 
 
 def _set_root_attrs_atomic(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> None:
@@ -237,9 +413,23 @@ def to_zarr(
     complete export with the same arguments does nothing.
     """
 
+    # every option is checked before anything is created on disk
+    if not isinstance(path, str | os.PathLike):
+        raise OptionError(
+            f"path={path!r} ({type(path).__name__}) is not a path; pass the store directory, "
+            "e.g. 'results.zarr'."
+        )
     path = Path(path)
     codec = choose("codec", codec, CODECS)
     zarr_format = choose("zarr_format", zarr_format, ZARR_FORMATS)
+    chunk_frames = _positive_int("chunk_frames", chunk_frames)
+    shard_frames = _positive_int("shard_frames", shard_frames)
+    store_dt = _check_dtype(dtype)
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"{path} exists and is a file, not a caiman_dask store; refusing to touch it. "
+            "Choose another path."
+        )
     if shard_frames is not None and zarr_format != 3:
         raise OptionError(
             f"shard_frames={shard_frames} needs zarr_format=3 (zarr v2 has no shards); pass "
@@ -258,7 +448,7 @@ def to_zarr(
                     + f"; it can write {available}"
                 )
     kinds = tuple(choose("projections", k, KINDS) for k in projections or ())
-    built = {n: _build_movie(model, n, components, traces, dtype) for n in names}
+    built: dict[str, Any] = {n: _build_movie(model, n, components, traces, dtype) for n in names}
     dims = model.dims
     frame_bytes = math.prod(dims) * max((mv.dtype.itemsize for mv in built.values()), default=8)
     cf = chunk_frames or max(1, min(model.T, CHUNK_TARGET // frame_bytes))
@@ -267,6 +457,8 @@ def to_zarr(
             f"shard_frames={shard_frames} must be a positive multiple of chunk_frames={cf}"
         )
     unit = shard_frames or cf
+    if store_dt is not None and store_dt.kind in "iu":
+        _check_integer_range(built, store_dt)
     # compute the movies in write units: no rechunking, and blocks small enough that the
     # allocator reuses their memory instead of faulting in fresh pages for every block
     built = {n: _build_movie(model, n, components, traces, dtype, unit) for n in names}
@@ -286,10 +478,52 @@ def to_zarr(
             "chunk_frames": cf,
             "shard_frames": shard_frames,
             "dtypes": {
-                n: str(mv.dtype if dtype is None else np.dtype(dtype)) for n, mv in built.items()
+                n: str(mv.dtype if store_dt is None else store_dt) for n, mv in built.items()
             },
         }
     )
+    with _claim(path), _writing(path):
+        _export(
+            model,
+            path,
+            params,
+            built,
+            kinds,
+            names,
+            store_dt,
+            cf,
+            shard_frames,
+            unit,
+            zarr_format,
+            codec,
+            factors,
+            overwrite,
+            progress,
+            corr="corr" in kinds,
+        )
+    return path
+
+
+def _export(
+    model: CNMFModel,
+    path: Path,
+    params: dict[str, Any],
+    built: Mapping[str, Any],
+    kinds: tuple[Kind, ...],
+    names: list[MovieName],
+    store_dt: np.dtype | None,
+    cf: int,
+    shard_frames: int | None,
+    unit: int,
+    zarr_format: ZarrFormat,
+    codec: Codec,
+    factors: bool,
+    overwrite: bool,
+    progress: bool,
+    corr: bool,
+) -> None:
+    """The export proper, once every option is checked and the path is claimed."""
+    dims = model.dims
     if path.exists():
         old = _our_params(path)
         if old is None:
@@ -306,7 +540,7 @@ def to_zarr(
                 "overwrite=True to replace it, or choose another path."
             )
         elif _root_attrs(path).get("complete"):
-            return path  # the same export, already complete: nothing to do
+            return  # the same export, already complete: nothing to do
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         _create_root(path, zarr_format, _root_meta(model, params, complete=False))
@@ -320,13 +554,12 @@ def to_zarr(
     # movies: one dask task per chunk / shard, each marked when written. A streaming movie
     # (residuals, ring background) whose projections are pending on a fresh run accumulates
     # their statistics from the very blocks it writes: one pass over Y for both.
-    corr = "corr" in kinds
     sources: list[da.Array] = []
     targets: list[Any] = []  # (zarr arrays behind a marker: da.store's ArrayLike)
     regions: list[tuple[slice, ...]] = []
     fused: list[tuple[Any, Any]] = []
     for n, mv in built.items():
-        store_dtype = mv.dtype if dtype is None else np.dtype(dtype)
+        store_dtype = mv.dtype if store_dt is None else store_dt
         arr = _movie_array(
             path / n, mv.shape, store_dtype, cf, shard_frames, comp, zarr_format, model, n
         )
@@ -371,7 +604,7 @@ def to_zarr(
                     # the merge order, and so every stored byte, is the same
                     units = _as_write_units(mv, unit, mv.dtype, model.T)
                     st = compute([stats_of_blocks(units, corr)], progress)[0]
-                imgs = images(st, kinds)
+                imgs = images(st, kinds, mv)
             else:
                 imgs = project(mv, list(kinds), progress=progress)
             for k in kinds:
@@ -385,7 +618,6 @@ def to_zarr(
     shutil.rmtree(path / "_progress", ignore_errors=True)
     _remove_partial_writes(path)
     _set_root_attrs_atomic(path, zarr_format, _root_meta(model, params, complete=True))
-    return path
 
 
 #: zarr's LocalStore writes ``<file>.<uuid4 hex>.partial``, then renames it; a process killed
@@ -546,6 +778,8 @@ def _movie_array(
 ) -> Any:
     axes, scale = _axes(len(shape) - 1, model.fr)
     grp = _open_or_create_group(path, zarr_format, _ome_attrs(name, axes, scale, zarr_format))
+    if model.fr:
+        _time_coordinate(grp, shape[0], float(model.fr), zarr_format)
     chunks = (chunk_frames, *shape[1:])
     try:
         arr = grp["0"]
@@ -563,16 +797,39 @@ def _movie_array(
         kw["dimension_names"] = [a["name"] for a in axes]
         if shard_frames:
             kw["shards"] = (shard_frames, *shape[1:])
+    else:  # xarray's dimension names on zarr v2; no fill value, which xarray would mask as NaN
+        kw["attributes"] = {"_ARRAY_DIMENSIONS": [a["name"] for a in axes]}
     return grp.create_array(
         "0",
         shape=shape,
         chunks=chunks,
         dtype=dtype,
         compressors=comp,
-        fill_value=0,
+        fill_value=0 if zarr_format == 3 else None,
         overwrite=True,
         **kw,
     )
+
+
+def _time_coordinate(grp: Any, T: int, fr: float, zarr_format: ZarrFormat) -> None:
+    """The frame times in seconds, ``t / fr``, as the movie group's ``t`` array: the time
+    coordinate ``xr.open_zarr(store, group=...)`` shows, as ``movie.to_xarray()`` has it."""
+    kw: dict[str, Any] = {}
+    if zarr_format == 3:
+        kw["dimension_names"] = ["t"]
+    else:
+        kw["attributes"] = {"_ARRAY_DIMENSIONS": ["t"]}
+    t = grp.create_array(
+        "t",
+        shape=(T,),
+        chunks=(T,),
+        dtype="float64",
+        fill_value=None if zarr_format == 2 else 0.0,
+        overwrite=True,
+        **kw,
+    )
+    t[:] = np.arange(T, dtype=np.float64) / fr
+    t.attrs.update({"units": "s", "long_name": "time"})
 
 
 def _write_image(
@@ -584,6 +841,8 @@ def _write_image(
     kw: dict[str, Any] = {}
     if zarr_format == 3:
         kw["dimension_names"] = [a["name"] for a in axes]
+    else:  # xarray's dimension names on zarr v2
+        kw["attributes"] = {"_ARRAY_DIMENSIONS": [a["name"] for a in axes]}
     arr = grp.create_array(
         "0",
         shape=img.shape,
@@ -769,10 +1028,17 @@ def open_zarr(
             raise StoreError(
                 f"{path}: factors/{name} is not a CSC group with a 2-entry 'shape' attribute"
             )
-        return scipy.sparse.csc_matrix(
-            (array(g, "data")[...], array(g, "indices")[...], array(g, "indptr")[...]),
-            shape=(int(shape[0]), int(shape[1])),
+        data, indices, indptr = array(g, "data"), array(g, "indices"), array(g, "indptr")
+        shp = (int(shape[0]), int(shape[1]))
+        check_csc(
+            data.shape,
+            indices,
+            indptr,
+            shp,
+            f"{path}: factors/{name}",
+            " The store is damaged; export it again.",
         )
+        return scipy.sparse.csc_matrix((data[...], indices[...], indptr[...]), shape=shp)
 
     def small(name: str) -> np.ndarray | None:
         return np.asarray(array(fg, name)[...]) if name in fg else None

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import scipy.sparse
 
-from ._model import CNMFModel, from_arrays, open_cnmf
+from ._model import CNMFModel, _check_dims, _check_fr, from_arrays, open_cnmf
 from .errors import OptionError
 
 __all__ = ["synthetic", "write_cnmf_hdf5"]
@@ -191,11 +191,26 @@ def synthetic(
     >>> m.Y.shape, m.K, m.nb
     ((100, 32, 40), 8, 2)
     """
-    dims_t = tuple(int(d) for d in dims)
+    ints = {"T": T, "K": K, "nb": nb, "seed": seed}
+    for name, v in ints.items():
+        if isinstance(v, bool) or not isinstance(v, int | np.integer):
+            raise OptionError(
+                f"synthetic: {name}={v!r} ({type(v).__name__}) must be an int; a float is not "
+                "truncated."
+            )
+    dims_t = _check_dims(dims) if len(tuple(dims)) in (2, 3) else tuple(dims)
     if len(dims_t) not in (2, 3) or min(dims_t) < 1 or T < 1 or K < 0 or nb < 0:
         raise OptionError(
             f"synthetic needs dims of 2 or 3 positive ints, T >= 1, K >= 0, nb >= 0; got "
             f"dims={dims}, T={T}, K={K}, nb={nb}"
+        )
+    _check_fr(fr)
+    if not 0.0 <= good_fraction <= 1.0:
+        raise OptionError(f"synthetic: good_fraction={good_fraction!r} must lie in [0, 1]")
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise OptionError(
+            f"synthetic: path={str(path)!r} is a file; pass a directory for the CaImAn-format "
+            "files (it is created if missing)."
         )
     rng = np.random.default_rng(seed)
     A = _footprints(rng, dims_t, K, footprint_px, overlap)

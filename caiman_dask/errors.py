@@ -14,8 +14,10 @@ __all__ = [
     "CaimanDaskError",
     "CaimanDaskWarning",
     "ComponentError",
+    "DenseMovieError",
     "EmptyComponentsWarning",
     "ExpressionError",
+    "FileChangedError",
     "FileFormatError",
     "FrameIndexError",
     "MissingDependencyError",
@@ -24,8 +26,11 @@ __all__ = [
     "MovieExistsError",
     "NaNWarning",
     "OptionError",
+    "SchedulerError",
     "ShapeMismatchError",
     "StoreError",
+    "StoreLockedError",
+    "StoreWriteError",
 ]
 
 
@@ -69,8 +74,30 @@ class StoreError(CaimanDaskError, ValueError):
     """A store path is not ours, exists already, differs in parameters, or is incomplete."""
 
 
+class StoreLockedError(StoreError):
+    """Another export to the same store path is running (the message names its process)."""
+
+
+class StoreWriteError(CaimanDaskError, OSError):
+    """A store could not be written: a read-only place, a full disk (the message says which)."""
+
+
+class FileChangedError(CaimanDaskError, OSError):
+    """A file changed (size or modification time) after it was opened; open it again."""
+
+
+class SchedulerError(CaimanDaskError, ConnectionError):
+    """A dask.distributed scheduler could not be reached or started (the message names it)."""
+
+
 class MovieExistsError(CaimanDaskError, FileExistsError):
     """:func:`~caiman_dask.save_movie` refuses to replace a file without ``overwrite=True``."""
+
+
+class DenseMovieError(CaimanDaskError, MemoryError):
+    """``np.asarray(movie)`` would build a dense movie above the size limit
+    (``CAIMAN_DASK_MAX_DENSE_BYTES``); use ``movie[...]``, ``movie.data`` or
+    ``movie.to_xarray()``."""
 
 
 class MissingDependencyError(CaimanDaskError, ImportError):
@@ -82,7 +109,8 @@ class CaimanDaskWarning(UserWarning):
 
 
 class NaNWarning(CaimanDaskWarning):
-    """A factor contains NaN values; every movie frame touching them will be NaN."""
+    """Non-finite values (NaN or inf) in a factor or in the movie: the frames and images of
+    the pixels they touch are NaN / inf (the message gives the counts)."""
 
 
 class EmptyComponentsWarning(CaimanDaskWarning):

@@ -183,6 +183,8 @@ def test_io_package_reexports_the_readers():
     assert set(io.__all__) == {
         "CSCColumnsBackend",
         "MovieSource",
+        "check_csc",
+        "check_frame_chunk",
         "default_frame_chunk",
         "memmap_candidates",
         "open_movie",

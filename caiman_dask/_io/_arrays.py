@@ -17,6 +17,16 @@ from ._source import MovieSource
 __all__ = ["NumpyMemmapBackend", "open_array"]
 
 
+class _ViewReader:
+    """Dask-free reader over a memmap backend's kept-open view (checked before each read)."""
+
+    def __init__(self, backend: NumpyMemmapBackend):
+        self.backend = backend
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.backend.view()[key]
+
+
 class NumpyMemmapBackend(Backend):
     """A contiguous ``np.memmap`` (any layout) reopened from its file on each read."""
 
@@ -27,8 +37,29 @@ class NumpyMemmapBackend(Backend):
         self.dtype = np.dtype(arr.dtype)
         self.order: Literal["C", "F"] = "C" if arr.flags.c_contiguous else "F"
         self._lock = threading.Lock()
+        self.record()
+
+    def view(self) -> np.ndarray:
+        """The whole array as a read-only view of the file, kept open for the fast path;
+        checks first that the file has not changed since it was opened."""
+        self.check()
+        h = self.__dict__.get("_h_view")
+        if h is None:
+            with self._lock:
+                h = self.__dict__.get("_h_view")
+                if h is None:
+                    h = self._h_view = np.memmap(
+                        self.path,
+                        self.dtype,
+                        "r",
+                        offset=self.offset,
+                        shape=self.shape,
+                        order=self.order,
+                    )
+        return h
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        self.check()
         view = np.memmap(
             self.path, self.dtype, "r", offset=self.offset, shape=self.shape, order=self.order
         )
@@ -61,7 +92,7 @@ def open_array(arr: Any, frame_chunk: int | None) -> MovieSource:
         data = from_backend(
             backend, (time_chunks(arr.shape[0], frames), *[(d,) for d in dims]), name
         )
-        return MovieSource(data, arr, f"NumPy memmap {path}", (path,))
+        return MovieSource(data, _ViewReader(backend), f"NumPy memmap {path}", (path,))
     if isinstance(arr, np.memmap):
         desc = f"NumPy memmap {arr.filename}"
         files: tuple[Path, ...] = (Path(arr.filename),) if arr.filename else ()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
+
+from ._chunks import FileStamp, check_stamp, file_stamp
 
 __all__ = ["Backend", "from_backend"]
 
@@ -23,7 +26,20 @@ class Backend:
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    path: Path
+    #: the file's identity when it was opened (see :meth:`check`); pickled with the backend
+    stamp: FileStamp | None = None
     _lock: threading.Lock
+
+    def record(self) -> None:
+        """Remember the file's identity (size, mtime), checked before every read."""
+        self.stamp = file_stamp(self.path)
+
+    def check(self) -> None:
+        """Raise :class:`~caiman_dask.errors.FileChangedError` if the file changed since it was
+        opened (never touch mapped pages of a truncated file: that is SIGBUS)."""
+        if self.stamp is not None:
+            check_stamp(self.path, self.stamp)
 
     @property
     def ndim(self) -> int:

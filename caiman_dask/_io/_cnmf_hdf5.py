@@ -7,6 +7,7 @@ string dataset ``'NoneType'``.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from pathlib import Path
@@ -20,8 +21,9 @@ from dask.base import tokenize
 
 from ..errors import FileFormatError, MissingFileError
 from ._backends import Backend, from_backend
-from ._chunks import CHUNK_BYTES, file_identity, time_chunks
+from ._chunks import CHUNK_BYTES, check_frame_chunk, file_identity, time_chunks
 from ._hdf5 import H5Backend, open_h5
+from ._sparse import check_csc
 
 __all__ = ["CSCColumnsBackend", "memmap_candidates", "read_cnmf_hdf5"]
 
@@ -39,6 +41,7 @@ class CSCColumnsBackend(Backend):
         self.shape = shape
         self.dtype = np.dtype(dtype)
         self._lock = threading.Lock()
+        self.record()
 
     def _grp(self) -> Any:
         h = self.__dict__.get("_h_grp")
@@ -49,6 +52,7 @@ class CSCColumnsBackend(Backend):
 
     def columns(self, k0: int, k1: int) -> scipy.sparse.csc_matrix:
         """Columns ``k0:k1`` as a scipy CSC matrix."""
+        self.check()
         with self._lock:
             g = self._grp()
             indptr = np.asarray(g["indptr"][k0 : k1 + 1], dtype=np.int64)
@@ -92,6 +96,19 @@ def _check_storage(ds: Any, file_size: int, path: Path) -> None:
             f"{path.name}: dataset {ds.name} lies at bytes {offset:,}-{end:,} but the file has "
             f"only {file_size:,} bytes; the file is truncated. Copy it again or re-save it."
         )
+
+
+def _as_indices(value: Any, where: str) -> np.ndarray:
+    """Component indices from a file: whole numbers (CaImAn sometimes stores floats)."""
+    arr = np.asarray(_parse_small(value)).ravel()
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        return arr.astype(np.int64)
+    raise FileFormatError(
+        f"{where} holds {arr[:5].tolist()}...: component indices must be whole numbers. The file "
+        "is damaged; save the result again, or pass the model's arrays to cd.from_arrays."
+    )
 
 
 def _parse_small(value: Any) -> Any:
@@ -143,6 +160,7 @@ def read_cnmf_hdf5(
         Truncated or not HDF5, or not a CaImAn CNMF file (no ``/estimates/A`` or ``/estimates/C``).
     """
     path = Path(path)
+    frame_chunk = check_frame_chunk(frame_chunk)
     if not path.exists():
         raise MissingFileError(f"CNMF file {str(path)!r} does not exist")
     ident = file_identity(path)
@@ -183,14 +201,13 @@ def read_cnmf_hdf5(
                     "shape of 2 entries (pixels, components)"
                 )
             shape = (stored[0], stored[1])
-            indptr = node["indptr"]
-            if indptr.shape != (shape[1] + 1,) or (
-                shape[1] > 0 and int(indptr[-1]) != node["data"].shape[0]
-            ):
-                raise FileFormatError(
-                    f"{path.name}: /estimates/{name} CSC group is inconsistent: shape {shape}, "
-                    f"indptr of length {indptr.shape[0]}, {node['data'].shape[0]} stored values"
-                )
+            check_csc(
+                node["data"].shape,
+                node["indices"],
+                node["indptr"],
+                shape,
+                f"{path.name}: /estimates/{name}",
+            )
             columns = CSCColumnsBackend(path, f"estimates/{name}", shape, node["data"].dtype)
             kc = max(1, min(component_chunk, shape[1])) if name == "A" else max(1, shape[1])
             meta = sparse.COO.from_numpy(np.zeros((0, 0), dtype=columns.dtype))
@@ -222,8 +239,7 @@ def read_cnmf_hdf5(
             if node is None or _is_none(node):
                 out[name] = None
             else:
-                arr = _parse_small(node[()])
-                out[name] = np.asarray(arr).astype(np.int64).ravel()
+                out[name] = _as_indices(node[()], f"{path.name}: /estimates/{name}")
         extras: dict[str, Any] = {}
         for name in _EXTRA_KEYS:
             node = est.get(name)
@@ -231,7 +247,16 @@ def read_cnmf_hdf5(
                 extras[name] = _parse_small(node[()])
         out["extras"] = extras
         fr = f.get("params/data/fr")
-        out["fr"] = float(fr[()]) if isinstance(fr, h5py.Dataset) and not _is_none(fr) else None
+        out["fr"] = None
+        if isinstance(fr, h5py.Dataset) and not _is_none(fr):
+            v = np.asarray(_parse_small(fr[()]))
+            fr_v = float(v.ravel()[0]) if v.size == 1 and v.dtype.kind in "fiu" else math.nan
+            if not (math.isfinite(fr_v) and fr_v > 0):
+                raise FileFormatError(
+                    f"{path.name}: /params/data/fr is {fr[()]!r}; a frame rate must be a positive "
+                    "number of Hz. The file is damaged; save the result again with the right fr."
+                )
+            out["fr"] = fr_v
         mm = f.attrs.get("mmap_file")
         out["mmap_file"] = mm.decode() if isinstance(mm, bytes) else mm
         ssub = f.get("params/init/ssub_B")
@@ -245,7 +270,13 @@ def _read_dims(f: Any, path: Path) -> tuple[int, ...]:
     for key in ("estimates/dims", "dims", "params/data/dims"):
         node = f.get(key)
         if node is not None and not _is_none(node):
-            dims = tuple(int(x) for x in np.asarray(node[()]).ravel())
+            raw = np.asarray(_parse_small(node[()])).ravel()
+            if raw.dtype.kind not in "fiu" or not np.all(raw == np.round(raw)):
+                raise FileFormatError(
+                    f"{path.name}: /{key} is {raw.tolist()}; frame dims must be whole numbers. "
+                    "Pass dims=(d1, d2[, d3]) to cd.open_cnmf."
+                )
+            dims = tuple(int(x) for x in raw)
             if len(dims) in (2, 3) and min(dims) > 0:
                 return dims[:2] if len(dims) == 3 and dims[2] == 1 else dims
     raise FileFormatError(

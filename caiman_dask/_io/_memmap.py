@@ -47,6 +47,7 @@ class MemmapBackend(Backend):
         self.dtype = np.dtype(dtype)
         self.shape = (self.T, *self.dims)
         self._lock = threading.Lock()
+        self.record()
 
     def _open_view(self) -> np.ndarray:
         rev = self.dims[::-1]
@@ -60,8 +61,10 @@ class MemmapBackend(Backend):
     def view(self) -> np.ndarray:
         """The whole movie as a zero-copy, read-only ``(T, *dims)`` view of the file.
 
-        Kept open (for the interactive fast path); pages it touches stay mapped.
+        Kept open (for the interactive fast path); pages it touches stay mapped. Checks first
+        that the file has not changed since it was opened (a truncated file would be SIGBUS).
         """
+        self.check()
         h = self.__dict__.get("_h_view")
         if h is None:
             with self._lock:
@@ -78,6 +81,7 @@ class MemmapBackend(Backend):
         contiguous rows). The mapping closes when the block is released, so bulk (dask)
         reads do not keep the file's pages mapped into the process.
         """
+        self.check()
         return self._open_view()[key]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import FileFormatError, MissingFileError, OptionError
 from ._arrays import open_array
+from ._chunks import check_frame_chunk
 from ._hdf5 import open_h5_movie
 from ._memmap import open_memmap
 from ._source import MovieSource
@@ -46,9 +47,19 @@ def open_movie(
 
     Raises
     ------
-    FileNotFoundError, FileFormatError
-        Missing file, unknown suffix, a memmap whose size disagrees with its name.
+    MissingFileError
+        The file does not exist (a ``FileNotFoundError``).
+    FileFormatError
+        Unknown suffix, a memmap whose size disagrees with its name, an empty or truncated
+        file, a missing dataset ``key``.
+    OptionError
+        ``frame_chunk`` is not a positive int.
+    StoreError
+        An interrupted caiman_dask export (its unwritten chunks would read as zeros).
     """
+    frame_chunk = check_frame_chunk(frame_chunk)
+    if key is not None and not isinstance(key, str):
+        raise OptionError(f"key={key!r} must be a string: a dataset or array path in the file")
     if isinstance(source, MovieSource):
         return source
     if isinstance(source, str | os.PathLike):
@@ -65,7 +76,14 @@ def open_movie(
         if suffix == ".zarr" or (path.is_dir() and (path / "zarr.json").exists()):
             return open_zarr_movie(path, key, frame_chunk)
         if suffix == ".npy":
-            return open_array(np.load(path, mmap_mode="r"), frame_chunk)
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as e:
+                raise FileFormatError(
+                    f"cannot read {str(path)!r} as a .npy array ({type(e).__name__}: {e}); the "
+                    "file is truncated or not a NumPy file. Save it again with np.save."
+                ) from e
+            return open_array(arr, frame_chunk)
         raise FileFormatError(
             f"cannot tell the format of movie {str(path)!r} from its suffix {suffix!r}; "
             "supported: .mmap (CaImAn memmap), .tif/.tiff, .h5/.hdf5 (with key=), .zarr, .npy. "

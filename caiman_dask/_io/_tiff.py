@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -28,11 +31,26 @@ class TiffBackend(Backend):
     def __init__(self, path: Path, series: int = 0):
         self.path = Path(path)
         self.series = series
-        with tifffile.TiffFile(self.path) as tif:
-            s = tif.series[series]
-            shape = tuple(int(x) for x in s.shape)
-            self.dtype = np.dtype(s.dtype)
-            npages = len(s.pages)
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                if not tif.series or not len(tif.series[series].pages):
+                    raise FileFormatError(
+                        f"TIFF {str(self.path)!r} holds no images (no pages); it is empty or "
+                        "truncated (cut short while being written). Write it again."
+                    )
+                s = tif.series[series]
+                shape = tuple(int(x) for x in s.shape)
+                self.dtype = np.dtype(s.dtype)
+                npages = len(s.pages)
+                _check_pages(self.path, s, shape, npages)
+        except FileFormatError:
+            raise
+        except (tifffile.TiffFileError, OSError, ValueError, IndexError, struct.error) as e:
+            raise FileFormatError(
+                f"cannot read {str(self.path)!r} as a TIFF movie ({type(e).__name__}: {e}); the "
+                "file is empty, truncated or not a TIFF. Write it again, or pass the movie as "
+                "an array."
+            ) from e
         if len(shape) == 2:
             shape = (1, *shape)
         if len(shape) not in (3, 4):
@@ -43,6 +61,7 @@ class TiffBackend(Backend):
         self.shape = shape
         self.pages_per_frame = npages // shape[0]
         self._lock = threading.Lock()
+        self.record()
 
     def _file(self) -> Any:
         h = self.__dict__.get("_h_file")
@@ -59,6 +78,7 @@ class TiffBackend(Backend):
         times = np.atleast_1d(times)
         ppf = self.pages_per_frame
         out = np.empty((len(times), *self.shape[1:]), self.dtype)
+        self.check()
         with self._lock:
             pages = self._file().series[self.series].pages
             for n, t in enumerate(times):
@@ -69,6 +89,28 @@ class TiffBackend(Backend):
                         out[n, z] = pages[int(t) * ppf + z].asarray()
         res = out[0] if scalar else out
         return res[(slice(None),) * (0 if scalar else 1) + rest] if rest else res
+
+
+def _check_pages(path: Path, s: Any, shape: tuple[int, ...], npages: int) -> None:
+    """Refuse a TIFF cut short: fewer pages than its series needs, or page data past its end
+    (tifffile would read such frames as garbage)."""
+    page_px = math.prod(s.pages[0].shape) if npages else 0
+    if npages * page_px != math.prod(shape):
+        raise FileFormatError(
+            f"TIFF {str(path)!r}: tifffile finds {npages} readable page(s) of the "
+            f"{math.prod(shape) // max(1, page_px)} its series {shape} needs; the file is "
+            "truncated (cut short while being written). Write it again."
+        )
+    size = os.path.getsize(path)
+    for n, page in enumerate(s.pages):
+        ends = [
+            int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)
+        ]
+        if ends and max(ends) > size:
+            raise FileFormatError(
+                f"TIFF {str(path)!r}: the data of page {n} ends at byte {max(ends):,} but the "
+                f"file has {size:,} bytes; the file is truncated. Write it again."
+            )
 
 
 def open_tiff(path: Path, frame_chunk: int | None) -> MovieSource:
