@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from ._frame_kernels import (
 from ._index import Crop, full_crop, time_key
 from ._io import sparse_to_scipy
 from ._ring import RingOperator, prepare_ring, ring_frames
+from .errors import NaNWarning
 
 __all__ = [
     "Frames",
@@ -50,6 +52,7 @@ __all__ = [
     "kernel_sign",
     "prepare_background",
     "prepare_footprints",
+    "warn_nonfinite",
     "weighted_columns",
 ]
 
@@ -83,6 +86,31 @@ def _in_parallel(run: Callable[[Any], None], parts: Sequence[Any]) -> None:
     run(parts[0])
     for fut in futures:
         fut.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values
+# ---------------------------------------------------------------------------------------------
+
+#: Requests of at most this many frames of a movie with ``Y`` have their output scanned for
+#: non-finite values (interactive frames, where the scan costs ~5 %); larger slices, ``.data``
+#: and exports leave that to the statistics (``cd.project``, ``movie.min``, ``cd.to_zarr``).
+SCAN_FRAMES = 8
+
+
+def warn_nonfinite(what: str, arr: np.ndarray | None) -> None:
+    """One :class:`~caiman_dask.NaNWarning` with counts when ``arr`` holds NaN or inf."""
+    if arr is None or arr.dtype.kind != "f" or bool(np.isfinite(arr).all()):
+        return
+    n_nan = int(np.isnan(arr).sum())
+    n_inf = int(arr.size - n_nan - np.isfinite(arr).sum())
+    warnings.warn(
+        f"{what} hold {n_nan} NaN and {n_inf} inf value(s) of {arr.size}; frames and images of "
+        "the pixels they touch are NaN / inf. Look for them in the movie Y or the factors "
+        "(np.isfinite).",
+        NaNWarning,
+        stacklevel=4,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,6 +276,10 @@ def blocks_to_scipy(blocks: Sequence[Any]) -> scipy.sparse.csc_matrix:
 # ---------------------------------------------------------------------------------------------
 
 
+def _frames_label(times: np.ndarray) -> str:
+    return ", ".join(str(int(t)) for t in times[:4]) + (", ..." if len(times) > 4 else "")
+
+
 class Frames:
     """Frames of a described movie from in-memory factors (see the module docstring).
 
@@ -401,6 +433,8 @@ class Frames:
             run(slice(0, n))
         else:  # equal shares, one per core (blocks of 32 would leave one core idle at the end)
             _in_parallel(run, [slice(a, b) for a, b in pairwise(_shares(n, min(CORES, n)))])
+        if self.desc.streaming and n <= SCAN_FRAMES:
+            warn_nonfinite(f"frames {_frames_label(times)}", out)
         return out.reshape((n, *crop.shape))
 
     def _shared_frames(self, times: np.ndarray, crop: Crop) -> np.ndarray | None:
@@ -421,4 +455,5 @@ class Frames:
         A, Ct, bg, ft = self._operands(times, crop)
         bands = [range(p, q) for p, q in pairwise(_shares(n_bands(npix), CORES))]
         _in_parallel(lambda part: residual_bands(out, A, Ct, bg, ft, y, part), bands)
+        warn_nonfinite(f"frames {_frames_label(times)}", out)
         return out

@@ -29,6 +29,7 @@ from ._frames import (
     kernel_sign,
     prepare_background,
     prepare_footprints,
+    warn_nonfinite,
 )
 from ._ring import prepare_ring
 
@@ -103,7 +104,9 @@ def _footprints_from_blocks(
 ) -> scipy.sparse.csc_matrix:
     if not blocks:
         return scipy.sparse.csc_matrix((math.prod(dims), len(columns)), dtype=dtype)
-    return prepare_footprints(blocks_to_scipy(blocks), columns, weights, dims, dtype, order)
+    A = blocks_to_scipy(blocks)
+    warn_nonfinite("the footprints A", A.data)
+    return prepare_footprints(A, columns, weights, dims, dtype, order)
 
 
 def footprint_op(
@@ -134,6 +137,7 @@ def _background_from_blocks(
     order: str,
 ) -> np.ndarray:
     b = np.concatenate([np.asarray(blk) for blk in blocks], axis=0)[:, columns]
+    warn_nonfinite("the background b", b)
     return prepare_background(b, weights, dims, dtype, order)
 
 
@@ -171,6 +175,8 @@ def _ring_from_blocks(blocks: list[Any], dims: tuple[int, ...], dtype: np.dtype)
     w_blocks, b0_blocks, a_blocks = blocks
     W = blocks_to_scipy(w_blocks)
     b0 = np.concatenate([np.asarray(b) for b in b0_blocks])
+    warn_nonfinite("the ring weights W", W.data)
+    warn_nonfinite("the ring baseline b0", b0)
     P = math.prod(dims)
     Af = blocks_to_scipy(a_blocks) if a_blocks else scipy.sparse.csc_matrix((P, 0))
     K = Af.shape[1]
@@ -210,6 +216,8 @@ def _movie_block(
     dt = plan.dtype
     Ct = np.concatenate(parts, axis=0).T if parts else np.zeros((n, 0), dt)
     ft = None if f is None else np.asarray(single(f)).T
+    warn_nonfinite("the traces of this block", Ct)
+    warn_nonfinite("the background traces f of this block", ft)
     Y = None if y is None else single(y)
     ring_ops = None
     if ring is not None:
@@ -217,6 +225,10 @@ def _movie_block(
         ring_ops = RingOperands(op, A_all, np.ascontiguousarray(np.asarray(single(ring_c)).T, dt))
     out = np.empty((n, math.prod(plan.dims)), dt)
     evaluate(out, plan, single(a_op), Ct, None if b_op is None else single(b_op), ft, Y, ring_ops)
+    if Y is not None and not np.isfinite(np.add.reduce(out, axis=None)):
+        # (one sum of the block, ~5 % of its work: NaN and inf propagate into it; only then
+        # are the values counted)
+        warn_nonfinite("the frames of this block", out)
     return out.reshape((n, *plan.dims))
 
 

@@ -23,11 +23,13 @@ and exports cost nothing once a pass has run.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Protocol, TypeGuard, get_args
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeGuard, TypeVar, cast, get_args
 
 import dask
 import dask.array as da
@@ -39,32 +41,37 @@ from . import _streaming, _structured
 from ._compute import compute
 from ._description import Description
 from ._frame_kernels import frames
-from ._graph import background_op, f_blocks, footprint_op, trace_blocks, y_blocks
+from ._graph import background_op, f_blocks, footprint_op, movie_graph, trace_blocks, y_blocks
 from ._index import Window, frame_window
 from ._moment_kernels import MomentsState, prepare_moments
 from ._options import choose
-from .errors import OptionError
+from .errors import NaNWarning, OptionError
 
 __all__ = [
     "KINDS",
     "Kind",
     "MovieLike",
+    "cached_min_max",
     "forget_statistics",
     "has_stats",
     "images",
     "min_max",
+    "nonfinite_pixels",
     "project",
     "remember",
     "stats_of_blocks",
 ]
 
+F = TypeVar("F", bound=Any)
 Kind = Literal["mean", "std", "min", "max", "corr"]
 #: The projections :func:`project` computes.
 KINDS: tuple[Kind, ...] = get_args(Kind)
-#: Blocks merged per task of the tree reduction.
-FAN_IN = 8
-#: Time chunks per task of the fused pass when ``Y``'s chunks are free views of its file.
-STATS_GROUP = 8
+#: Frames per canonical block of the fused pass (``Y + factored`` movies without ``"corr"``):
+#: each block is folded frame by frame, so it needs no buffer.
+FOLD_FRAMES = 512
+#: Bytes of one canonical block of a movie's frames for :func:`_streaming.block_stats` (two
+#: passes over the block: it is held in memory).
+BLOCK_BYTES = 64 * 2**20
 #: Statistics (and factored operators) kept in memory: at most this many entries ...
 _CACHE_SIZE = 32
 #: ... and this many bytes (the least recently used are dropped first).
@@ -88,6 +95,23 @@ class MovieLike(Protocol):
 
     @property
     def data(self) -> da.Array: ...
+
+
+def _quiet(func: F) -> F:
+    """``func`` without NumPy's floating-point warnings: non-finite values are counted and
+    reported once per call instead (see :func:`_mark_nonfinite`)."""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return func(*args, **kwargs)
+
+    return cast(F, run)
+
+
+_block_stats = _quiet(_streaming.block_stats)
+_merge_stats = _quiet(_streaming.merge_stats)
+_finalize = _quiet(_streaming.finalize)
 
 
 def _is_movie(x: Any) -> TypeGuard[MovieLike]:
@@ -165,35 +189,56 @@ def _kinds(kind: str | Iterable[str]) -> tuple[Kind, ...]:
 
 
 def _factored(desc: Description) -> tuple[Any, np.ndarray, _structured.FootprintGroups]:
-    """``(spatial factor in C pixel order, traces, groups)`` of a factored movie, float64."""
+    """``(spatial factor in C pixel order, traces, groups)`` of a factored movie, float64
+    (cached)."""
     hit = _FACTORED.get(desc.token)
-    if hit is not None:
-        return hit
+    if hit is None:
+        hit = _factored_arrays(desc)
+        _FACTORED.put(desc.token, hit)
+    return hit
+
+
+def _factored_arrays(
+    desc: Description, traces: Mapping[str, np.ndarray] | None = None
+) -> tuple[Any, np.ndarray, _structured.FootprintGroups]:
+    """:func:`_factored` with the trace matrices by name (``"C"``, ``"f"``...; default: the
+    model's)."""
     h = desc.model._host
+
+    def rows(name: str, array: Any, columns: np.ndarray) -> np.ndarray:
+        if traces is not None:
+            X = traces[name]
+        elif name == "C":
+            X = h.C
+        elif name == "f":
+            assert h.f is not None
+            X = h.f
+        else:
+            X = np.asarray(array.compute(scheduler="sync"))
+        return np.asarray(X[columns], dtype=np.float64)
+
     spatial: list[Any] = []
     temporal: list[np.ndarray] = []
     for f in desc.footprints:
-        X = h.C if f.traces_name == "C" else np.asarray(f.traces.compute(scheduler="sync"))
         A = scipy.sparse.csr_matrix(h.A[:, f.columns], dtype=np.float64)
         w = f.weights[f.columns]
         spatial.append(A if np.all(w == 1.0) else A @ scipy.sparse.diags(w))
-        temporal.append(np.asarray(X[f.columns], dtype=np.float64))
+        temporal.append(rows(f.traces_name, f.traces, f.columns))
     bg = desc.background
     if bg is not None:
-        assert h.b is not None and h.f is not None
+        assert h.b is not None
         spatial.append(np.asarray(h.b[:, bg.columns], dtype=np.float64) * bg.weights[bg.columns])
-        temporal.append(np.asarray(h.f[bg.columns], dtype=np.float64))
+        temporal.append(rows("f", bg.traces, bg.columns))
     if not spatial:
+        T = desc.model.T if traces is None else next(iter(traces.values())).shape[1]
         A_all: Any = scipy.sparse.csr_matrix((desc.model.P, 0))
-        C_all = np.zeros((0, desc.model.T))
+        C_all = np.zeros((0, T))
     elif len(spatial) == 1:
         A_all, C_all = spatial[0], temporal[0]
     else:
         A_all = scipy.sparse.hstack([scipy.sparse.csr_matrix(s) for s in spatial], format="csr")
         C_all = np.concatenate(temporal, axis=0)
-    value = (A_all, np.ascontiguousarray(C_all), _structured.footprint_groups(A_all))
-    _FACTORED.put(desc.token, value)
-    return value
+    return A_all, np.ascontiguousarray(C_all), _structured.footprint_groups(A_all)
 
 
 def _factored_project(
@@ -202,6 +247,24 @@ def _factored_project(
     A, C, groups = _factored(desc)
     if not window.whole:
         C = np.ascontiguousarray(C[:, window.index])
+    return _factored_images(desc, kinds, A, C, groups)
+
+
+@_quiet
+def _factored_images(
+    desc: Description,
+    kinds: Sequence[Kind],
+    A: Any,
+    C: np.ndarray,
+    groups: _structured.FootprintGroups,
+    movie: MovieLike | None = None,
+) -> dict[str, np.ndarray]:
+    """Images of the factored movie ``A·C`` (with ``movie``: only ``kinds``, non-finite
+    pixels marked and reported, as :func:`project` returns them)."""
+    if movie is not None:
+        full = _factored_images(desc, tuple(dict.fromkeys((*kinds, "mean"))), A, C, groups)
+        _mark_nonfinite(full, movie, None)
+        return {k: full[k] for k in kinds}
     dims = desc.model.dims
     out: dict[str, np.ndarray] = {}
     if "mean" in kinds:
@@ -232,17 +295,47 @@ def _factored_project(
 
 
 def stats_of_blocks(data: da.Array, corr: bool) -> Any:
-    """A delayed tree reduction of :func:`_streaming.block_stats` over a dask array's blocks."""
-    stats_of = dask.delayed(_streaming.block_stats, pure=True)
-    return _tree_merge([stats_of(b, corr=corr) for b in data.to_delayed().ravel()])
+    """A delayed reduction of :func:`_streaming.block_stats` over a dask array's blocks,
+    merged in :func:`merge_tree`'s order."""
+    stats_of = dask.delayed(_block_stats, pure=True)
+    return merge_tree([stats_of(b, corr=corr) for b in data.to_delayed().ravel()])
 
 
-def _tree_merge(parts: list[Any]) -> Any:
-    """Merge delayed statistics in a tree of fan-in :data:`FAN_IN`."""
-    merge = dask.delayed(_streaming.merge_many, pure=True)
-    while len(parts) > 1:
-        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
-    return parts[0]
+def merge_tree(parts: Sequence[Any], merge: Any = None) -> Any:
+    """Merge the statistics of consecutive blocks in one fixed tree: the first ``2**k`` blocks
+    (the largest power of two below their number), then the rest, each the same way.
+
+    It is the tree a binary counter builds when blocks arrive one by one (see
+    :class:`~caiman_dask._accumulate.Accumulator`), so a pass over the whole movie and a
+    stream of the same blocks merge in the same order: bit for bit the same result. ``merge``:
+    a function of two statistics (default: delayed :func:`_streaming.merge_stats`).
+    """
+    merge = dask.delayed(_merge_stats, pure=True) if merge is None else merge
+    if len(parts) == 1:
+        return parts[0]
+    half = 1 << ((len(parts) - 1).bit_length() - 1)
+    return merge(merge_tree(parts[:half], merge), merge_tree(parts[half:], merge))
+
+
+def canonical_frames(mv: MovieLike, corr: bool) -> int:
+    """Frames per canonical block of ``mv``'s pass (the unit both the dask pass and a stream
+    fold, whatever the chunks of ``Y``)."""
+    if fused(mv.description, corr):
+        return FOLD_FRAMES
+    frame_bytes = math.prod(mv.shape[1:]) * np.dtype(mv.dtype).itemsize
+    return max(1, BLOCK_BYTES // max(1, frame_bytes))
+
+
+def canonical_chunks(n: int, frames: int) -> tuple[int, ...]:
+    """``n`` frames in canonical blocks of ``frames`` (the last one shorter)."""
+    full, rest = divmod(n, frames)
+    return (frames,) * full + ((rest,) if rest else ())
+
+
+def fused(desc: Description, corr: bool) -> bool:
+    """Whether a movie's statistics come from the fused one-pass kernel (``Y + factored``,
+    without neighbour co-moments)."""
+    return desc.y == 1.0 and desc.ring == 0.0 and not corr
 
 
 def _block_layout(y: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -261,6 +354,7 @@ def _traces_of(c: Sequence[Any], n: int) -> np.ndarray:
     return np.concatenate(parts, axis=0).T if parts else np.zeros((n, 0))
 
 
+@_quiet
 def _residual_block_moments(
     y: np.ndarray,
     mop_C: Any,
@@ -282,6 +376,7 @@ def _residual_block_moments(
     return _streaming.stats_to_c_order(stats, dims) if fortran else stats
 
 
+@_quiet
 def _residual_block_stats(
     y: np.ndarray,
     opA_C: Any,
@@ -305,14 +400,6 @@ def _residual_block_stats(
     return _streaming.stats_to_c_order(stats, dims) if fortran else stats
 
 
-def _clip_chunks(chunks: tuple[int, ...], start: int, stop: int) -> tuple[int, ...]:
-    """The parts of time chunks ``chunks`` inside frames ``start:stop`` (non-empty)."""
-    edges = np.concatenate([[0], np.cumsum(chunks)])
-    lo = np.clip(edges[:-1], start, stop)
-    hi = np.clip(edges[1:], start, stop)
-    return tuple(int(n) for n in hi - lo if n > 0)
-
-
 def _with_margins(chunks: tuple[int, ...], start: int, T: int) -> tuple[int, ...]:
     """Chunks of a window starting at ``start`` padded to all ``T`` frames by one chunk before
     and one after (when not empty)."""
@@ -320,31 +407,23 @@ def _with_margins(chunks: tuple[int, ...], start: int, T: int) -> tuple[int, ...
     return ((start,) if start else ()) + chunks + ((tail,) if tail else ())
 
 
-def _group_chunks(chunks: tuple[int, ...], group: int) -> tuple[int, ...]:
-    """Consecutive runs of ``group`` chunks merged into one."""
-    return tuple(sum(chunks[i : i + group]) for i in range(0, len(chunks), group))
-
-
 def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]:
     """Per-block delayed statistics of a movie ``Y + factored``, frames ``start:stop``,
     straight from ``Y``'s blocks.
 
-    Each task computes its block in the pixel order ``Y``'s block arrives in (CaImAn's Fortran
-    order for a frame-major memmap: no transpose at all) and reduces it at once; only the
-    per-pixel statistics are reordered, bit for bit the same as reducing C-ordered frames.
-    Without ``corr`` the fused kernel folds whole runs of :data:`STATS_GROUP` time chunks into
-    one state when ``Y``'s blocks are free views of its file (CaImAn memmaps).
+    One task per canonical block (:func:`canonical_frames`, from ``start``) computes its block
+    in the pixel order ``Y``'s block arrives in (CaImAn's Fortran order for a frame-major
+    memmap: no transpose at all) and reduces it at once; only the per-pixel statistics are
+    reordered, bit for bit the same as reducing C-ordered frames. ``Y``'s blocks are free views
+    of its file for CaImAn memmaps, re-chunked otherwise.
     """
     desc = mv.description
     m = desc.model
     T, dt = m.T, np.dtype(mv.dtype)
-    inner = _clip_chunks(tuple(mv.time_chunks), start, stop)
-    y_arr = None
-    if not corr and m.movie_source is not None:
-        layout = _with_margins(_group_chunks(inner, STATS_GROUP), start, T)
-        y_arr = m.movie_source.in_time_chunks(layout)
+    inner = canonical_chunks(stop - start, canonical_frames(mv, corr))
+    layout = _with_margins(inner, start, T)
+    y_arr = None if m.movie_source is None else m.movie_source.in_time_chunks(layout)
     if y_arr is None:
-        layout = _with_margins(inner, start, T)
         y_arr = y_blocks(desc, layout)
     sel = slice(1 if start else 0, len(layout) - (1 if stop < T else 0))  # drop the margins
 
@@ -374,18 +453,35 @@ def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]
 
 
 def _stream_graph(mv: MovieLike, window: Window, corr: bool) -> Any:
-    """A delayed reduction of a streaming movie's statistics over ``window``."""
+    """A delayed reduction of a streaming movie's statistics over ``window``, block by
+    canonical block (:func:`canonical_frames`), merged in :func:`merge_tree`'s order."""
     desc = mv.description
     if desc.y == 1.0 and desc.ring == 0.0 and window.span is not None:
-        return _tree_merge(_from_y_parts(mv, corr, *window.span))
-    data = mv.data if window.whole else mv.data[window.index]
-    return stats_of_blocks(data, corr)
+        return merge_tree(_from_y_parts(mv, corr, *window.span))
+    frames = canonical_frames(mv, corr)
+    if window.span is not None:
+        start, stop = window.span
+        layout = _with_margins(canonical_chunks(stop - start, frames), start, mv.shape[0])
+        data = movie_graph(desc, mv.dtype, layout)
+        sel = slice(1 if start else 0, len(layout) - (1 if stop < mv.shape[0] else 0))
+        stats_of = dask.delayed(_block_stats, pure=True)
+        blocks = list(data.to_delayed().ravel())[sel]
+        return merge_tree([stats_of(b, corr=corr) for b in blocks])
+    data = mv.data[window.index]
+    return stats_of_blocks(data.rechunk({0: canonical_chunks(len(window.times), frames)}), corr)
 
 
-def images(stats: dict[str, Any], kinds: Iterable[Kind]) -> dict[str, np.ndarray]:
+def images(
+    stats: dict[str, Any], kinds: Iterable[Kind], movie: MovieLike | None = None
+) -> dict[str, np.ndarray]:
     """Images ``{kind: image}`` from merged streaming statistics (see
-    :func:`_streaming.finalize`)."""
-    return _streaming.finalize(stats, kinds)
+    :func:`_streaming.finalize`); with ``movie``, pixels holding non-finite values get NaN
+    images and one warning says how many (as :func:`project` does)."""
+    wanted = tuple(kinds)
+    out = _finalize(stats, (*wanted, "mean"))
+    if movie is not None:
+        _mark_nonfinite(out, movie, None)
+    return {k: out[k] for k in wanted}
 
 
 def _cached(mv: MovieLike, window: Window, corr: bool) -> dict[str, Any] | None:
@@ -462,6 +558,9 @@ def project(
     it first makes the pass collect them). An empty movie (an empty component selection,
     ``a − a``) gives zero images (``"corr"``: NaN, as CaImAn gives for a constant movie).
 
+    A pixel holding a non-finite value (NaN, inf) in the window gets NaN in every image, min
+    and max included; one :class:`~caiman_dask.NaNWarning` per call gives their number.
+
     Examples
     --------
     >>> import caiman_dask as cd
@@ -484,29 +583,78 @@ def project(
     results: list[dict[str, np.ndarray] | None] = []
     pending: list[tuple[int, MovieLike, Window]] = []
     graphs: list[Any] = []
+    with_mean = tuple(dict.fromkeys((*kinds, "mean")))  # (the mean tells non-finite pixels)
     for i, mv in enumerate(movies):
         window = frame_window(frames, mv.shape[0])
         if not mv.description.streaming:
-            results.append(_factored_project(mv.description, kinds, window))
+            results.append(_factored_project(mv.description, with_mean, window))
             continue
         stats = _cached(mv, window, corr)
-        results.append(None if stats is None else _streaming.finalize(stats, kinds))
+        results.append(None if stats is None else _finalize(stats, with_mean))
         if stats is None:
             pending.append((i, mv, window))
             graphs.append(_stream_graph(mv, window, corr))
     for (i, mv, window), stats in zip(pending, compute(graphs, bool(progress)), strict=True):
         _STATS.put((_identity(mv), window.key, corr), stats)
-        results[i] = _streaming.finalize(stats, kinds)
-    images = [r if not isinstance(kind, str) else r[kind] for r in results]  # type: ignore[index]
-    return images[0] if single else images
+        results[i] = _finalize(stats, with_mean)
+    out: list[dict[str, np.ndarray]] = []
+    for mv, r in zip(movies, results, strict=True):
+        assert r is not None
+        _mark_nonfinite(r, mv, frames)
+        out.append({k: r[k] for k in kinds})
+    imgs = [r if not isinstance(kind, str) else r[kind] for r in out]
+    return imgs[0] if single else imgs
+
+
+def _mark_nonfinite(imgs: dict[str, np.ndarray], mv: MovieLike, frames: Any) -> None:
+    """Pixels holding a non-finite value (NaN, inf) in the window have a non-finite mean; make
+    their min and max NaN too (one rule for every image) and say so once, with counts."""
+    bad = ~np.isfinite(imgs["mean"])
+    n = int(bad.sum())
+    if not n:
+        return
+    for k in ("mean", "std", "min", "max", "corr"):
+        if k in imgs:
+            imgs[k][bad] = np.nan
+    where = "all frames" if frames is None else f"frames={frames!r}"
+    warnings.warn(
+        f"{getattr(mv, 'kind', 'movie')}: {n} of {bad.size} pixels hold non-finite values (NaN "
+        f"or inf) in {where}; their mean, std, min, max and corr are NaN (movie.min / movie.max "
+        "ignore them). Look for NaN / inf in the movie Y or the factors (np.isfinite).",
+        NaNWarning,
+        stacklevel=3,
+    )
+
+
+def nonfinite_pixels(movie: MovieLike) -> int:
+    """How many pixels of the whole movie hold a non-finite value (NaN, inf) in some frame
+    (from the statistics :func:`min_max` uses; cached)."""
+    min_max(movie)
+    hit = _STATS.get(("nonfinite", _identity(movie)))
+    return int(hit) if hit is not None else 0
+
+
+def cached_min_max(movie: MovieLike) -> tuple[float, float] | None:
+    """:func:`min_max` if it is cached, else ``None`` (never computes anything)."""
+    hit = _STATS.get(("min_max", _identity(movie)))
+    return None if hit is None else (float(hit[0]), float(hit[1]))
 
 
 def min_max(movie: MovieLike) -> tuple[float, float]:
-    """Exact minimum and maximum over a whole movie (NaN pixels ignored; cached)."""
+    """Exact minimum and maximum over a whole movie (cached).
+
+    Pixels holding a non-finite value (NaN, inf) are left out (:func:`project` warns about
+    them with counts); NaN when every pixel holds one."""
     key = ("min_max", _identity(movie))
     hit = _STATS.get(key)
     if hit is None:
         img = project(movie, ["min", "max"])
-        hit = (float(np.nanmin(img["min"])), float(np.nanmax(img["max"])))
+        lo, hi = img["min"], img["max"]
+        finite = np.isfinite(lo)
+        _STATS.put(("nonfinite", _identity(movie)), int(finite.size - finite.sum()))
+        if not finite.any():  # every pixel holds a non-finite value (reported by project)
+            hit = (math.nan, math.nan)
+        else:
+            hit = (float(lo[finite].min()), float(hi[finite].max()))
         _STATS.put(key, hit)
     return hit

@@ -19,11 +19,11 @@ def notebook(name: str, cells: list[tuple[str, str]]) -> None:
         "display_name": "Python 3",
         "language": "python",
     }
-    for kind, src in cells:
+    for i, (kind, src) in enumerate(cells):
         src = src.strip("\n")
-        nb.cells.append(
-            nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
-        )
+        cell = nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
+        cell["id"] = f"{Path(name).stem[:48]}-{i}"  # deterministic: re-running writes no churn
+        nb.cells.append(cell)
     nbf.write(nb, HERE / name)
 
 
@@ -291,6 +291,211 @@ client.close(); cluster.close()
 local = cd.project(cd.residuals(model), "std")
 np.testing.assert_allclose(with_local, local, rtol=1e-12)
 np.testing.assert_allclose(imgs["std"], local, rtol=1e-12)
+""",
+        ),
+    ],
+)
+
+
+notebook(
+    "06_online_accumulate.ipynb",
+    [
+        (
+            "md",
+            """
+# Online statistics with `cd.accumulate`
+
+An online run (CaImAn's OnACID, a microscope stream) delivers frames and their traces block by
+block. `cd.accumulate` keeps running statistics of any movie and returns the current images
+after every block; once every frame has arrived, the images are **bit for bit** those of
+`cd.project` on the whole movie, whatever the block sizes. Here a synthetic result plays the
+stream: the model knows only its first 100 frames, and the rest arrives in uneven blocks.
+""",
+        ),
+        (
+            "code",
+            """
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")  # inline in Jupyter; headless in CI
+import matplotlib.pyplot as plt
+from IPython.display import display
+import caiman_dask as cd
+
+full = cd.synthetic(dims=(64, 80), T=600, K=20, seed=7)
+Y, C, f = (np.asarray(x.compute()) for x in (full.Y, full.C, full.f))
+# what an online run knows at the start: footprints, background, the first 100 frames
+early = cd.from_arrays(full.A, C[:, :100], dims=full.dims, b=full.b.compute(), f=f[:, :100], Y=Y[:100])
+acc = cd.accumulate(cd.residuals(early), ["mean", "std", "max", "corr"])
+images = acc.send(100)
+""",
+        ),
+        (
+            "code",
+            """
+fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+shown = [ax.imshow(images[k], cmap="gray") for ax, k in zip(axes, ("std", "max", "corr"))]
+for ax, k in zip(axes, ("std", "max", "corr")):
+    ax.set_title(k); ax.axis("off")
+handle = display(fig, display_id=True)
+rng = np.random.default_rng(0)
+t = 100
+while t < full.T:  # frames and traces arrive in uneven blocks
+    n = min(int(rng.integers(1, 80)), full.T - t)
+    images = acc.send({"Y": Y[t:t + n], "C": C[:, t:t + n], "f": f[:, t:t + n]})
+    t += n
+    for im, k in zip(shown, ("std", "max", "corr")):
+        im.set_data(images[k]); im.autoscale()
+    fig.suptitle(f"residual images after {acc.n} frames")
+    handle.update(fig)
+plt.close(fig)
+""",
+        ),
+        (
+            "code",
+            """
+offline = cd.project(cd.residuals(full), ["mean", "std", "max", "corr"])
+for k in offline:
+    assert np.array_equal(images[k], offline[k], equal_nan=True), k
+print("online images == cd.project on the whole movie, bit for bit")
+""",
+        ),
+    ],
+)
+
+notebook(
+    "05_viewers.ipynb",
+    [
+        (
+            "md",
+            """
+# Viewers: napari, fastplotlib and xarray
+
+Open a CNMF result in **napari** (layers: raw, RCM + background, residuals with exact contrast
+limits, footprints as labels, projections) and in **fastplotlib** (`ImageWidget`), both
+headless here (napari's `ViewerModel`, fastplotlib's offscreen canvas); in a desktop session
+use `cd.to_napari(model)` (a new `napari.Viewer`) and `widget.show()`.
+
+**First frame fast**: the movie layers open at once with *provisional* contrast limits (the
+min / max of 8 evenly spaced frames); the exact min / max come from one pass over the movie in
+a background thread, and the layers switch to them when it ends (`live.wait()` waits for it).
+""",
+        ),
+        (
+            "code",
+            """
+import os, tempfile, time
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed
+import numpy as np
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import caiman_dask as cd
+
+workdir = tempfile.mkdtemp()
+cd.synthetic(dims=(90, 120), T=600, K=30, seed=5, path=workdir)   # CaImAn-format files
+model = cd.open_cnmf(f"{workdir}/synthetic.hdf5")
+model
+""",
+        ),
+        (
+            "md",
+            """
+## napari
+
+`cd.to_napari(model, viewer)` returns the viewer, its new layers and the live limits.
+""",
+        ),
+        (
+            "code",
+            """
+from napari.components import ViewerModel
+
+t0 = time.perf_counter()
+viewer, layers, live = cd.to_napari(model, ViewerModel(), components="good")
+print(f"layers in {time.perf_counter() - t0:.2f} s:", [ly.name for ly in viewer.layers])
+print("limits now:", live.state, layers["residuals"].contrast_limits)
+live.wait()   # the background pass: exact limits, applied to the layers
+print("limits after the pass:", layers["residuals"].metadata["caiman_dask"]["limits"], layers["residuals"].contrast_limits)
+res = cd.residuals(model) + cd.rcm(model, "bad")   # the residuals layer: Y − A_good·C_good − B
+assert tuple(layers["residuals"].contrast_limits) == (res.min, res.max)
+""",
+        ),
+        (
+            "code",
+            """
+viewer.dims.set_current_step(0, 250)             # napari's time slider: frame 250
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+for ax, name in zip(axes, ["raw", "rcm + rcb", "residuals"]):
+    ly = layers[name]
+    ax.imshow(np.asarray(ly.data[250]), cmap="gray", vmin=ly.contrast_limits[0], vmax=ly.contrast_limits[1])
+    ax.contour(layers["footprints"].data > 0, levels=[0.5], colors="r", linewidths=0.5)
+    ax.set_title(name); ax.set_axis_off()
+""",
+        ),
+        (
+            "md",
+            """
+A caiman_dask zarr store opens in napari through the reader plugin (`napari results.zarr`, or
+`viewer.open("results.zarr", plugin="caiman-dask")`); the stored movies get exact limits from
+the stored min / max projections at once.
+""",
+        ),
+        (
+            "code",
+            """
+from caiman_dask._napari import get_reader
+
+store = cd.to_zarr(model, f"{workdir}/results.zarr", movies=("rcm", "residuals"), progress=False)
+layer_data = get_reader(str(store))(str(store))
+[(kw["name"], kind) for _, kw, kind in layer_data]
+""",
+        ),
+        (
+            "md",
+            """
+## fastplotlib
+
+`cd.to_fastplotlib(model)` is an `ImageWidget` of raw | RCM + background | residuals, which
+computes only the frame shown. Rendered offscreen here (software Vulkan in CI).
+""",
+        ),
+        (
+            "code",
+            """
+widget, flive = cd.to_fastplotlib(model, "good", exact_limits="wait",
+                                  figure_kwargs={"canvas": "offscreen", "size": (900, 420)})
+widget.show()
+widget.current_index = {"t": 250}
+from fastplotlib.utils import loop
+loop.call_later(0.5, loop.stop); loop.run()     # let the widget fetch frame 250
+shot = np.asarray(widget.figure.canvas.draw())
+plt.figure(figsize=(9, 4.2)); plt.imshow(shot); plt.axis("off");
+[(g.vmin, g.vmax) for g in widget.managed_graphics]
+""",
+        ),
+        (
+            "md",
+            """
+## xarray
+
+`movie.to_xarray()` is a dask-backed `DataArray` (`t, y, x`; time in seconds from the frame
+rate); the store opens with `xr.open_zarr` to the same dims and values. `np.asarray(movie)` on a
+movie above 1 GiB (`CAIMAN_DASK_MAX_DENSE_BYTES`) raises `cd.DenseMovieError` instead of filling
+memory.
+""",
+        ),
+        (
+            "code",
+            """
+import xarray as xr
+
+da_res = cd.residuals(model).to_xarray()
+print(da_res)
+stored = xr.open_zarr(store, group="residuals", consolidated=False)["0"]
+assert stored.dims == da_res.dims
+np.testing.assert_array_equal(stored[250].values, da_res[250].values)
+da_res.sel(t=slice(2.0, 4.0)).mean("t").plot(figsize=(5, 3.2));
 """,
         ),
     ],

@@ -259,12 +259,15 @@ def test_residual_pass_in_the_files_own_order(tmp_path, dims):
     ref = _brute(dense_reference(m, "residuals"), kinds)
     for k in kinds:
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9, equal_nan=True)
-    # and what the generic (C-ordered frames) reduction gives: bit for bit with corr (the same
-    # block_stats on transposed data), to rounding without (the fused one-pass kernel)
-    from caiman_dask._statistics import stats_of_blocks
+    # and what the generic (C-ordered frames) reduction gives over the same canonical blocks:
+    # bit for bit with corr (the same block_stats on transposed data), to rounding without
+    # (the fused one-pass kernel)
+    from caiman_dask._statistics import canonical_frames, stats_of_blocks
     from caiman_dask._streaming import finalize
 
-    generic = finalize(dask.compute(stats_of_blocks(cd.residuals(m).data, True))[0], kinds)
+    frames = canonical_frames(cd.residuals(m), corr=True)
+    data = cd.residuals(m, frame_chunk=frames).data
+    generic = finalize(dask.compute(stats_of_blocks(data, True))[0], kinds)
     for k in kinds:
         np.testing.assert_array_equal(got[k], generic[k])
     fused = cd.project(cd.residuals(m), STATS)  # no corr: the fused kernel
@@ -272,15 +275,18 @@ def test_residual_pass_in_the_files_own_order(tmp_path, dims):
         assert_close_scaled(fused[k], generic[k], rtol=1e-12)
 
 
-def test_residual_windows_stream_grouped_views_of_a_memmap(tmp_path):
-    """Windows of a memmap-backed residual take the fused pass over runs of file views."""
+def test_residual_windows_stream_canonical_blocks_of_a_memmap(tmp_path, monkeypatch):
+    """Windows of a memmap-backed residual take the fused pass, one task per canonical block
+    of the window (whatever the chunks of Y), each a view of the file."""
     from dask.callbacks import Callback
 
-    from caiman_dask._statistics import STATS_GROUP as _STATS_GROUP
+    import caiman_dask._statistics as S
 
+    monkeypatch.setattr(S, "FOLD_FRAMES", 16)
     m = cd.synthetic(dims=(21, 16), T=90, K=7, seed=4, path=tmp_path, frame_chunk=5)
     dense = dense_reference(m, "residuals")
     for window in (slice(None), slice(3, 77), slice(40, 41), slice(13, 90), slice(0, 12)):
+        cd.forget_statistics()
         res = cd.residuals(m)
         tasks = []
 
@@ -294,5 +300,4 @@ def test_residual_windows_stream_grouped_views_of_a_memmap(tmp_path):
         for k in STATS:
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-9)
         start, stop, _ = window.indices(90)
-        first, last = start // 5, (stop - 1) // 5
-        assert len(tasks) == -(-(last - first + 1) // _STATS_GROUP)
+        assert len(tasks) == -(-(stop - start) // 16)
