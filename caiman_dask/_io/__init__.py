@@ -19,20 +19,25 @@ One module per job:
 ``_open``        :func:`open_movie`, which picks one of the above
 ``_cnmf_hdf5``   CaImAn's ``cnmf.save()`` files (lazy factors, CSC column reads)
 ``_sparse``      sparse matrices as scipy CSC
+``_suite2p``     suite2p's ``plane0`` folders (``stat``, ``F``, ``iscell``, settings, ``data.bin``)
+``_minian``      minian's ``save_minian`` zarr stores
+``_nwb``         NWB files: plane segmentations, ROI response series, images, the movie
 """
 
 from __future__ import annotations
 
-from ._chunks import default_frame_chunk
+from ._chunks import check_frame_chunk, default_frame_chunk
 from ._cnmf_hdf5 import CSCColumnsBackend, memmap_candidates, read_cnmf_hdf5
 from ._memmap import parse_memmap_name
 from ._open import open_movie
 from ._source import MovieSource
-from ._sparse import sparse_to_scipy
+from ._sparse import check_csc, sparse_to_scipy
 
 __all__ = [
     "CSCColumnsBackend",
     "MovieSource",
+    "check_csc",
+    "check_frame_chunk",
     "default_frame_chunk",
     "memmap_candidates",
     "open_movie",
