@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import warnings
 from functools import cached_property
 from typing import Any
@@ -42,9 +43,11 @@ from ._graph import movie_graph
 from ._index import Crop, crop_of, full_crop, normalize_key, time_positions
 from ._io import default_frame_chunk
 from ._model import TRACE_NAMES, CNMFModel, Components
+from ._optional import require
 from ._options import choose
 from .errors import (
     ComponentError,
+    DenseMovieError,
     EmptyComponentsWarning,
     ExpressionError,
     ModelMismatchError,
@@ -125,8 +128,61 @@ class Movie:
         )
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """The dense movie, for ``np.asarray(movie)`` on small movies only.
+
+        Raises
+        ------
+        DenseMovieError
+            The dense movie would exceed :func:`max_dense_bytes` (1 GiB unless
+            ``CAIMAN_DASK_MAX_DENSE_BYTES`` says otherwise). Libraries that wrap an array by
+            calling ``np.asarray`` on it (``xr.DataArray(movie)``...) would otherwise compute
+            the whole movie into memory; ``movie[...]`` (explicit indexing) is never refused.
+        """
+        limit = max_dense_bytes()
+        if self.nbytes > limit:
+            raise DenseMovieError(
+                f"np.asarray(movie) would compute the whole {self.kind} movie {self.shape} "
+                f"{self.dtype} into memory: {self.nbytes / 2**30:.2f} GiB, above the limit of "
+                f"{limit / 2**30:.2f} GiB ({MAX_DENSE_ENV}). Use movie.data (a dask array), "
+                "movie.to_xarray() (a dask-backed xarray.DataArray), or index what you need "
+                "(movie[t], movie[a:b]); to allow it, raise the limit "
+                f"({MAX_DENSE_ENV}=<bytes> or 'inf')."
+            )
         out = self[...]
         return out if dtype is None else out.astype(dtype)
+
+    def to_xarray(self, *, name: str | None = None) -> Any:
+        """The movie as a dask-backed ``xarray.DataArray`` (builds a graph, computes nothing).
+
+        Dims are ``("t", "y", "x")`` for 2D models and ``("t", "z", "y", "x")`` for 3D ones,
+        in the movie's axis order ``(T, d1, d2[, d3])`` — the axis names of the zarr store's
+        OME metadata, so ``xr.open_zarr(store, group="rcm")["0"]`` has the same dims. The
+        ``t`` coordinate is the frame time in seconds, ``t / model.fr``, when the frame rate is
+        known (no coordinate otherwise). Attributes: ``kind``, ``long_name``, ``fr`` (Hz,
+        when known) and, only if they are already known (cached; never computed for this),
+        the exact ``min`` / ``max``.
+
+        Examples
+        --------
+        >>> import caiman_dask as cd
+        >>> m = cd.synthetic(dims=(32, 40), T=50, K=6, seed=0)
+        >>> cd.rcm(m).to_xarray().dims
+        ('t', 'y', 'x')
+        """
+        xr = require("xarray", "Movie.to_xarray()")
+        dims = ("t", "y", "x") if len(self.model.dims) == 2 else ("t", "z", "y", "x")
+        attrs: dict[str, Any] = {"kind": self.kind, "long_name": f"caiman_dask {self.kind} movie"}
+        coords: dict[str, Any] = {}
+        fr = self.model.fr
+        if fr:
+            attrs["fr"] = float(fr)
+            t = np.arange(self.shape[0], dtype=np.float64) / float(fr)
+            coords["t"] = ("t", t, {"units": "s", "long_name": "time"})
+        known = cached_min_max(self)
+        if known is not None:
+            attrs["min"], attrs["max"] = float(known[0]), float(known[1])
+        label = name if name is not None else self.kind
+        return xr.DataArray(self.data, dims=dims, coords=coords, name=label, attrs=attrs)
 
     # ------------------------------------------------------------------ frames
     @cached_property
@@ -268,6 +324,36 @@ class Movie:
 
     def __truediv__(self, s: Any) -> Movie:
         return self._scale(s, "/")
+
+
+#: The environment variable that sets :func:`max_dense_bytes`.
+MAX_DENSE_ENV = "CAIMAN_DASK_MAX_DENSE_BYTES"
+#: Default limit of ``np.asarray(movie)``: 1 GiB.
+MAX_DENSE_DEFAULT = 2**30
+
+
+def max_dense_bytes() -> float:
+    """The largest movie ``np.asarray(movie)`` builds, in bytes: ``CAIMAN_DASK_MAX_DENSE_BYTES``
+    (a number of bytes, or ``inf`` for no limit), default 1 GiB. Read at every call."""
+    raw = os.environ.get(MAX_DENSE_ENV, "").strip()
+    if not raw:
+        return float(MAX_DENSE_DEFAULT)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise OptionError(
+            f"{MAX_DENSE_ENV}={raw!r} is not a number of bytes >= 0: set it to e.g. "
+            f"{MAX_DENSE_DEFAULT} (1 GiB) or 'inf' (no limit), or unset it."
+        )
+    return value
+
+
+def cached_min_max(movie: Movie) -> tuple[float, float] | None:
+    """The exact ``(min, max)`` of ``movie`` if already computed (cached), else ``None``;
+    never computes anything."""
+    return _statistics.cached_min_max(movie)
 
 
 def _operand(kind: str) -> str:

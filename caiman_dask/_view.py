@@ -3,7 +3,9 @@
 CaImAn's ``Estimates.play_movie`` builds the raw, reconstructed and residual movies in RAM
 before showing them. Here every panel is a lazy movie (:mod:`caiman_dask._movie`): showing
 frame ``t`` computes ``movie[t]`` for each panel through index pushdown (sub-millisecond, no
-dask), and the contrast limits are the movies' exact ``min`` / ``max``. The
+dask), and the contrast limits are the movies' exact ``min`` / ``max``. First frame fast: until
+the one pass that computes them ends (in a background thread, :class:`LiveLimits`), widgets
+show provisional limits from 8 sampled frames, labelled as such. The
 "RCM (+ background)" panel is the movie expression ``cd.rcm(m, sel) + cd.rcb(m)``.
 
 - :func:`view` returns a :class:`Viewer`; in a notebook it displays as an ipywidgets frame
@@ -24,18 +26,21 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from dask.callbacks import Callback
 
 from ._encode import write_movie
 from ._index import frame_window
 from ._model import CNMFModel, Components
-from ._movie import Movie, raw, rcb, rcm, residuals
+from ._movie import Movie, cached_min_max, raw, rcb, rcm, residuals
 from ._optional import require as _require
+from ._options import choose
 from ._render import (
     CONTOUR_COLOR,
     _limit_of,
@@ -45,9 +50,19 @@ from ._render import (
     footprint_contours,
     render_frame,
 )
+from ._statistics import project
 from .errors import EmptyComponentsWarning, OptionError
 
-__all__ = ["PANELS", "Viewer", "save_movie", "view"]
+__all__ = [
+    "EXACT_LIMITS",
+    "PANELS",
+    "PROVISIONAL_FRAMES",
+    "LiveLimits",
+    "Viewer",
+    "provisional_limits",
+    "save_movie",
+    "view",
+]
 
 #: Panel names :func:`view` understands (any lazy movie object is accepted as well).
 PANELS: tuple[str, ...] = ("raw", "rcm", "residuals", "rcb")
@@ -86,6 +101,211 @@ def _quiet_rcm(model: CNMFModel, idx: np.ndarray, dtype: Any) -> Movie:
 
 
 # ---------------------------------------------------------------------------------------------
+# First frame fast: provisional limits now, exact limits from one background pass
+# ---------------------------------------------------------------------------------------------
+
+#: When viewers compute the exact limits: ``"background"`` (a daemon thread started at once;
+#: the display switches when it finishes), ``"wait"`` (before the first frame, as before) or
+#: ``"request"`` (only when ``exact_limits()`` is called).
+ExactLimits = Literal["background", "wait", "request"]
+EXACT_LIMITS: tuple[ExactLimits, ...] = get_args(ExactLimits)
+#: Frames sampled, evenly spaced from the first to the last (frame 0 included), for the
+#: provisional limits.
+PROVISIONAL_FRAMES = 8
+
+
+def provisional_limits(movie: Any, n: int = PROVISIONAL_FRAMES) -> tuple[float, float]:
+    """``(min, max)`` of ``n`` frames evenly spaced over ``movie`` (frame 0 and the last frame
+    included) — an estimate (inside the exact range), computed by index pushdown in
+    milliseconds. NaN where every sampled pixel is non-finite."""
+    T = int(movie.shape[0])
+    times = np.unique(np.linspace(0, T - 1, min(n, T)).round().astype(np.int64))
+    frames = np.asarray(movie[times], dtype=np.float64)
+    finite = frames[np.isfinite(frames)]
+    if finite.size == 0:
+        return (float("nan"), float("nan"))
+    return (float(finite.min()), float(finite.max()))
+
+
+class _Cancelled(Exception):
+    """Raised inside the background pass's own dask computation to stop it."""
+
+
+class LiveLimits:
+    """Contrast limits of several movies: provisional ones now, exact ones later.
+
+    The provisional limits are the min / max of :data:`PROVISIONAL_FRAMES` evenly spaced frames
+    (:func:`provisional_limits`); the exact limits are the movies' exact ``min`` / ``max``, all
+    from one shared pass over ``Y`` (:func:`caiman_dask.project`), run in a daemon thread
+    (``exact="background"``), before returning (``"wait"``) or when :meth:`wait` is called
+    (``"request"``). Limits already known (given, or cached from an earlier pass) are exact at
+    once. Callbacks registered with :meth:`on_exact` run (in the background thread) when the
+    exact limits arrive, before :meth:`wait` returns; :meth:`cancel` stops the pass between two
+    dask tasks (on the local scheduler; with a distributed Client the result is discarded).
+
+    Attributes
+    ----------
+    provisional : tuple of (float, float)
+        Per movie, the limits from the sampled frames (equal to the given ones where given).
+    """
+
+    def __init__(
+        self,
+        movies: Sequence[Any],
+        given: Sequence[tuple[float, float] | None] | None = None,
+        *,
+        exact: ExactLimits = "background",
+        samples: int = PROVISIONAL_FRAMES,
+    ) -> None:
+        mode = choose("exact_limits", exact, EXACT_LIMITS)
+        self.movies = tuple(movies)
+        given = list(given) if given is not None else [None] * len(self.movies)
+        self._exact: list[tuple[float, float] | None] = [
+            g if g is not None else _known_limits(mv)
+            for g, mv in zip(given, self.movies, strict=True)
+        ]
+        self.provisional = tuple(
+            e if e is not None else provisional_limits(mv, samples)
+            for e, mv in zip(self._exact, self.movies, strict=True)
+        )
+        self._done = threading.Event()
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[tuple[tuple[float, float], ...]], None]] = []
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self._ready = False
+        if all(e is not None for e in self._exact):
+            self._ready = True
+            self._done.set()
+        elif mode == "wait":
+            self._run()
+        elif mode == "background":
+            self.start()
+
+    # -------------------------------------------------------------- state
+    @property
+    def is_exact(self) -> bool:
+        """Whether the exact limits are known."""
+        return self._ready and self.error is None
+
+    @property
+    def current(self) -> tuple[tuple[float, float], ...]:
+        """The exact limits when known, else the provisional ones."""
+        if self.is_exact:
+            return tuple(e for e in self._exact if e is not None)
+        return self.provisional
+
+    @property
+    def state(self) -> str:
+        """``"exact"``, ``"provisional"`` (pass pending or running), ``"cancelled"`` or
+        ``"failed"``."""
+        if self.is_exact:
+            return "exact"
+        if self.error is not None:
+            return "cancelled" if isinstance(self.error, _Cancelled) else "failed"
+        return "provisional"
+
+    # -------------------------------------------------------------- the pass
+    def start(self) -> None:
+        """Start the background pass (no-op when running or done)."""
+        with self._lock:
+            if self._thread is not None or self._done.is_set():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="caiman_dask-exact-limits", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+
+        def pretask(key: Any, dsk: Any, state: Any) -> None:
+            if self._cancel.is_set() and threading.get_ident() == me:
+                raise _Cancelled("exact-limits pass cancelled")
+
+        try:
+            with Callback(pretask=pretask):
+                todo = [mv for mv, e in zip(self.movies, self._exact, strict=True) if e is None]
+                streaming = [mv for mv in todo if _streams(mv)]
+                if streaming:  # one shared pass over Y for every streaming movie
+                    project(streaming, ["min", "max"])
+                for i, mv in enumerate(self.movies):
+                    if self._cancel.is_set():
+                        raise _Cancelled("exact-limits pass cancelled")
+                    if self._exact[i] is None:
+                        self._exact[i] = _limit_of(mv)
+        except Exception as exc:  # noqa: BLE001 (no caller in this thread: wait() re-raises it)
+            self.error = exc
+        try:  # the display is updated before wait() returns
+            if self.error is None:
+                with self._lock:
+                    self._ready = True
+                    callbacks = list(self._callbacks)
+                for cb in callbacks:
+                    cb(self.current)
+        finally:
+            self._done.set()
+
+    def on_exact(self, callback: Callable[[tuple[tuple[float, float], ...]], None]) -> None:
+        """Call ``callback(limits)`` when the exact limits arrive (at once if known)."""
+        with self._lock:
+            ready = self.is_exact
+            if not ready:
+                self._callbacks.append(callback)
+        if ready:
+            callback(self.current)
+
+    def wait(self, timeout: float | None = None) -> tuple[tuple[float, float], ...]:
+        """The exact limits: start the pass if needed and block until it ends.
+
+        Raises
+        ------
+        TimeoutError
+            Not finished within ``timeout`` seconds.
+        """
+        if not self._done.is_set():
+            if self._thread is None and not self._cancel.is_set():
+                self.start()
+            if not self._done.wait(timeout):
+                raise TimeoutError(f"the exact-limits pass did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.current
+
+    def cancel(self) -> None:
+        """Stop the background pass (the provisional limits stay) and wait for its thread: at
+        once on the local scheduler (the pass stops before its next dask task); with a
+        distributed Client, when the running computation returns (its limits are not applied).
+        """
+        self._cancel.set()
+        t = self._thread
+        if t is not None:
+            t.join()
+        elif not self._done.is_set():
+            self.error = _Cancelled("exact-limits pass cancelled before it started")
+            self._done.set()
+
+    def __repr__(self) -> str:
+        return f"<caiman_dask.LiveLimits {self.state} {list(self.current)}>"
+
+
+def _streams(movie: Any) -> bool:
+    """Whether a movie's statistics take a pass over ``Y`` (a caiman_dask streaming movie)."""
+    desc = getattr(movie, "description", None)
+    return isinstance(movie, Movie) and bool(getattr(desc, "streaming", False))
+
+
+def _known_limits(movie: Any) -> tuple[float, float] | None:
+    """Exact limits that cost no pass: cached ones, or those of NumPy arrays; else ``None``."""
+    if isinstance(movie, np.ndarray):
+        return _limit_of(movie)
+    if isinstance(movie, Movie):
+        return cached_min_max(movie)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # The viewer
 # ---------------------------------------------------------------------------------------------
 
@@ -121,6 +341,7 @@ class Viewer:
         contour_color: Sequence[int] = CONTOUR_COLOR,
         plane: int | None = None,
         fr: float | None = None,
+        exact_limits: ExactLimits = "background",
     ) -> None:
         self.movies = tuple(movies)
         self.names = tuple(names)
@@ -133,7 +354,6 @@ class Viewer:
         self.contour_color = tuple(int(c) for c in contour_color)
         self.plane = plane
         self.fr = fr
-        self._limits: tuple[tuple[float, float], ...] | None = None
         # validate rendering options now rather than at the first frame
         compose(
             [np.zeros((1, 1))],
@@ -142,17 +362,25 @@ class Viewer:
             gap=gap,
             contour_color=contour_color,
         )
+        #: The live limits: provisional from sampled frames now, exact when the pass ends.
+        self.live = LiveLimits(self.movies, self._given_limits, exact=exact_limits)
 
     # ------------------------------------------------------------------ frames
     @property
     def limits(self) -> tuple[tuple[float, float], ...]:
-        """Per-panel ``(vmin, vmax)``: the given ones, else the movie's exact min / max."""
-        if self._limits is None:
-            self._limits = tuple(
-                lim if lim is not None else _limit_of(mv)
-                for lim, mv in zip(self._given_limits, self.movies, strict=True)
-            )
-        return self._limits
+        """Per-panel ``(vmin, vmax)``: the given ones, else the movie's exact min / max (waits
+        for the exact-limits pass; see :meth:`exact_limits`)."""
+        return self.live.wait()
+
+    @property
+    def shown_limits(self) -> tuple[tuple[float, float], ...]:
+        """The limits the widgets show now: exact when known, else provisional (the min / max
+        of :data:`PROVISIONAL_FRAMES` sampled frames); ``self.live.state`` says which."""
+        return self.live.current
+
+    def exact_limits(self, timeout: float | None = None) -> tuple[tuple[float, float], ...]:
+        """Compute (or wait for) the exact limits; open widgets switch to them. Returns them."""
+        return self.live.wait(timeout)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -164,12 +392,13 @@ class Viewer:
         n = len(self.movies)
         return (d1 * self.scale, n * d2 * self.scale + (n - 1) * self.gap, 3)
 
-    def frame(self, t: int) -> np.ndarray:
-        """Movie frame ``t`` (a frame index, not a slider position) rendered as RGB ``uint8``."""
+    def frame(self, t: int, *, limits: Any = None) -> np.ndarray:
+        """Movie frame ``t`` (a frame index, not a slider position) rendered as RGB ``uint8``,
+        with the exact :attr:`limits` (or ``limits``, one pair per panel)."""
         return render_frame(
             self.movies,
             t,
-            limits=self.limits,
+            limits=self.limits if limits is None else limits,
             contours=self.contours,
             scale=self.scale,
             gap=self.gap,
@@ -258,6 +487,7 @@ def view(
     gap: int = 2,
     plane: int | None = None,
     dtype: Any = None,
+    exact_limits: ExactLimits = "background",
 ) -> Viewer:
     """CaImAn's ``play_movie``, lazily: raw | RCM (+ background) | residuals side by side.
 
@@ -297,6 +527,12 @@ def view(
         For 3D models, the ``d3`` plane shown (default ``d3 // 2``).
     dtype
         Compute dtype of the named panels' movies (default: the movies' own).
+    exact_limits
+        When the exact limits of panels without given ``limits`` are computed:
+        ``"background"`` (default: a daemon thread starts at once, one shared pass over ``Y``;
+        widgets show provisional limits until it ends, then switch), ``"wait"`` (before
+        returning) or ``"request"`` (only when ``viewer.exact_limits()`` is called or
+        :attr:`Viewer.limits` is read). See :class:`LiveLimits`.
 
     Returns
     -------
@@ -306,9 +542,14 @@ def view(
 
     Notes
     -----
-    Nothing is computed up front. The first frame shown computes the exact limits (free for
-    ``"rcm"``, from the factors; one streaming pass over ``Y`` for ``"raw"`` and
-    ``"residuals"``, cached on the movies); every frame after that computes only ``movie[t]``
+    First frame fast: the viewer opens with provisional limits, the min / max of
+    :data:`PROVISIONAL_FRAMES` (8) frames evenly spaced over the movie (frame 0 and the last
+    included), computed by index pushdown in milliseconds; widgets label them
+    "(provisional limits)". The exact limits (from the factors for ``"rcm"``; one streaming
+    pass over ``Y``, shared by ``"raw"`` and ``"residuals"`` and cached) are computed in a
+    background thread and the widgets switch to them when it ends (``viewer.live.state``,
+    ``viewer.exact_limits()`` to wait, ``viewer.live.cancel()`` to stop). :meth:`Viewer.frame`
+    and :func:`save_movie` always use the exact limits. Every frame computes only ``movie[t]``
     per panel, without dask.
 
     Examples
@@ -369,6 +610,7 @@ def view(
         contour_color=contour_color,
         plane=plane,
         fr=model.fr,
+        exact_limits=exact_limits,
     )
 
 
@@ -398,10 +640,12 @@ def _controls(viewer: Viewer, on_change: Callable[[int], None]) -> tuple[Any, An
         pos = int(change["new"]) if isinstance(change, Mapping) else int(change)
         t = int(viewer.times[pos])
         on_change(t)
-        label.value = f"t = {t}   |   " + "   |   ".join(viewer.titles)
+        state = "" if viewer.live.is_exact else "   (provisional limits)"
+        label.value = f"t = {t}   |   " + "   |   ".join(viewer.titles) + state
 
     slider.observe(update, names="value")
     update(0)
+    viewer.live.on_exact(lambda _: update(slider.value))
     return slider, play, label
 
 
@@ -411,10 +655,11 @@ def _image_widget(viewer: Viewer) -> Any:
     shown: dict[str, Any] = {}
 
     def show(t: int) -> None:
-        image.value = _png(viewer.frame(t))
+        image.value = _png(viewer.frame(t, limits=viewer.shown_limits))
         _set_current(shown, t)
 
     slider, play, label = _controls(viewer, show)
+    viewer.live.on_exact(lambda _: show(shown["t"]))
     box = widgets.VBox([widgets.HBox([play, slider, label]), image])
     box.slider = slider
     box.display_widget = image
@@ -454,7 +699,8 @@ def _mpl_figure(viewer: Viewer, t: int) -> tuple[Any, list[Any]]:
         overlay = np.zeros((d1, d2, 4))
         overlay[viewer.contours, :3] = np.asarray(viewer.contour_color) / 255.0
         overlay[viewer.contours, 3] = 1.0
-    for ax, name, im, (vmin, vmax) in zip(axes, viewer.titles, frames, viewer.limits, strict=True):
+    lims = viewer.shown_limits
+    for ax, name, im, (vmin, vmax) in zip(axes, viewer.titles, frames, lims, strict=True):
         images.append(ax.imshow(im, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest"))
         if overlay is not None:
             ax.imshow(overlay, interpolation="nearest")
@@ -500,7 +746,13 @@ def _matplotlib_widget(viewer: Viewer) -> Any:
         _set_current(shown, t)
         redraw()
 
+    def exact(limits: tuple[tuple[float, float], ...]) -> None:
+        for im, (lo, hi) in zip(images, limits, strict=True):
+            im.set_clim(lo, hi)
+        redraw()
+
     slider, play, label = _controls(viewer, show)
+    viewer.live.on_exact(exact)
     box = widgets.VBox([widgets.HBox([play, slider, label]), canvas if out is None else out])
     box.slider = slider
     box.display_widget = canvas if out is None else out

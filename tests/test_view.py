@@ -374,7 +374,7 @@ def _png_pixels(data: bytes) -> np.ndarray:
 
 
 def test_image_widget_slider_updates_the_frame(model):
-    v = V.view(model, GOOD, contours=True)
+    v = V.view(model, GOOD, contours=True, exact_limits="wait")
     w = v.widget()
     assert isinstance(w, ipywidgets.VBox)
     assert isinstance(w.slider, ipywidgets.IntSlider)
@@ -392,7 +392,7 @@ def test_image_widget_slider_updates_the_frame(model):
 
 
 def test_matplotlib_widget_slider_updates_imshow(model, capsys):
-    v = V.view(model, GOOD)
+    v = V.view(model, GOOD, exact_limits="wait")
     w = v.widget(backend="matplotlib")
     assert w.slider.max == model.T - 1
     assert len(w.images) == 3
@@ -409,7 +409,7 @@ def test_matplotlib_widget_slider_updates_imshow(model, capsys):
 
 
 def test_only_the_displayed_frames_are_computed(model, monkeypatch):
-    v = V.view(model, GOOD, contours=True)
+    v = V.view(model, GOOD, contours=True, exact_limits="wait")
     w = v.widget()  # renders frame 0: limits and in-memory factors are ready now
     calls: list[tuple[str, list[int]]] = []
     original = Movie._frames
