@@ -16,13 +16,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
-import numpy as np
 from dask.diagnostics import ProgressBar
 from dask.sizeof import sizeof
 from dask.task_spec import DataNode, GraphNode
 from distributed import Client, LocalCluster, default_client
 from distributed import progress as show_progress
 
+from ._options import positive_int
 from .errors import OptionError, SchedulerError
 
 __all__ = ["active_client", "check_workers", "compute", "scheduler"]
@@ -120,14 +120,9 @@ CONNECT_TIMEOUT = 10.0
 
 def check_workers(workers: Any, name: str = "workers") -> int | None:
     """``workers`` if it is ``None`` or a positive int, else an :class:`OptionError`."""
-    if workers is None:
-        return None
-    if isinstance(workers, bool) or not isinstance(workers, int | np.integer) or workers < 1:
-        raise OptionError(
-            f"{name}={workers!r} is not a positive number of worker processes; pass an int >= 1 "
-            "(e.g. workers=4), or leave it out to run on the local threaded scheduler."
-        )
-    return int(workers)
+    return positive_int(
+        name, workers, what="worker processes", default="the local threaded scheduler"
+    )
 
 
 @contextlib.contextmanager

@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
+import numpy as np
+
 from .errors import OptionError
 
-__all__ = ["choose"]
+__all__ = ["choose", "positive_int"]
 
 T = TypeVar("T")
 
@@ -45,3 +47,22 @@ def choose(name: str, value: Any, valid: Sequence[T], *, hint: str = "") -> T:
                 continue
     msg = f"{name}={value!r} is not one of {list(valid)}"
     raise OptionError(f"{msg}. {hint}" if hint else msg)
+
+
+def positive_int(name: str, value: Any, *, what: str, default: str) -> int | None:
+    """``value`` as an int if it is ``None`` or an int >= 1, else an :class:`OptionError`
+    naming ``what`` it counts and the ``default`` that leaving it out gives.
+
+    Examples
+    --------
+    >>> positive_int("frame_chunk", 64, what="frames", default="about 64 MiB per chunk")
+    64
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise OptionError(
+            f"{name}={value!r} is not a positive number of {what}; pass an int >= 1, or leave "
+            f"it out for the default ({default})."
+        )
+    return int(value)

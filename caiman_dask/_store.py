@@ -49,7 +49,7 @@ from ._compute import compute
 from ._io import check_csc
 from ._model import CNMFModel, _sparse_compute, from_arrays
 from ._movie import rcb, rcm, residuals
-from ._options import choose
+from ._options import choose, positive_int
 from ._statistics import (
     KINDS,
     Kind,
@@ -173,14 +173,7 @@ def _create_root(path: Path, zarr_format: ZarrFormat, attrs: dict[str, Any]) -> 
 
 def _positive_int(name: str, value: Any) -> int | None:
     """``value`` if it is ``None`` or an int >= 1, else an :class:`OptionError`."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise OptionError(
-            f"{name}={value!r} is not a positive number of frames; pass an int >= 1, or None "
-            "for the default."
-        )
-    return int(value)
+    return positive_int(name, value, what="frames", default="about 16 MiB per chunk")
 
 
 def _check_dtype(dtype: Any) -> np.dtype | None:

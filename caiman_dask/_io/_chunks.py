@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import FileChangedError, MissingFileError, OptionError
+from .._options import positive_int
+from ..errors import FileChangedError, MissingFileError
 
 __all__ = [
     "CHUNK_BYTES",
@@ -52,14 +51,7 @@ def file_identity(path: Path) -> tuple[str, int, int]:
 
 def check_frame_chunk(value: Any, name: str = "frame_chunk") -> int | None:
     """``value`` if it is ``None`` or a positive int, else an :class:`OptionError`."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise OptionError(
-            f"{name}={value!r} is not a positive number of frames; pass an int >= 1, or None "
-            "for the default (about 64 MiB per chunk)."
-        )
-    return int(value)
+    return positive_int(name, value, what="frames", default="about 64 MiB per chunk")
 
 
 def file_stamp(path: Path) -> FileStamp:
