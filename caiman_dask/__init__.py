@@ -13,7 +13,8 @@ from ._napari import footprint_labels, to_napari
 from ._nwb import to_nwb
 from ._results import open_minian, open_nwb, open_suite2p
 from ._statistics import KINDS, forget_statistics, project
-from ._store import describe_store, open_zarr, store_info, to_zarr
+from ._store import to_zarr
+from ._store_read import describe_store, open_zarr, store_info
 from ._synthetic import synthetic, write_cnmf_hdf5
 from ._version import __version__
 from ._view import (

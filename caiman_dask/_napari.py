@@ -35,7 +35,7 @@ from ._movie import Movie, rcb, rcm, residuals
 from ._movie import raw as raw_movie
 from ._optional import require
 from ._statistics import project
-from ._store import open_zarr, store_info
+from ._store_read import open_zarr, store_info
 from ._view import ExactLimits, LiveLimits
 from .errors import CaimanDaskError, EmptyComponentsWarning, OptionError
 
