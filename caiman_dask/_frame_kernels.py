@@ -455,12 +455,19 @@ def residual_bands(
     _residual_bands(out, y, transposed, h, w, b, ft, *runs, Ct, minus, bands.start, bands.stop, sb)
 
 
-_local = threading.local()
+class _ThreadScratch(threading.local):
+    """Per-thread scratch bands, by dtype."""
+
+    def __init__(self) -> None:
+        self.bands: dict[np.dtype, np.ndarray] = {}
+
+
+_local = _ThreadScratch()
 
 
 def _scratch_band(dt: np.dtype) -> np.ndarray:
     """This thread's scratch band of :data:`_BAND` pixels in ``dt`` (kept: stays in cache)."""
-    bufs = _local.__dict__.setdefault("bands", {})
+    bufs = _local.bands
     buf = bufs.get(dt)
     if buf is None:
         buf = bufs[dt] = np.empty(_BAND, dt)
