@@ -121,6 +121,13 @@ class Description:
         cols = np.concatenate([f.columns for f in fs])
         return cols, np.concatenate([f.weights[f.columns] for f in fs])
 
+    def host_traces(self, f: Factor) -> np.ndarray:
+        """``f``'s whole trace matrix in memory, as stored: the model's in-memory ``C`` /
+        ``f`` (loaded once per model), other matrices read from their dask array."""
+        h = self.model._host
+        X = {"C": h.C, "f": h.f}.get(f.traces_name)
+        return np.asarray(f.traces.compute(scheduler="sync")) if X is None else X
+
     def uniform_rcm(self) -> float | None:
         """``c`` when the factored part is exactly ``c·A·C`` over all components, else None
         (the ring background needs ``A·C`` itself: such a movie reuses it)."""

@@ -312,12 +312,7 @@ class Frames:
     @cached_property
     def _traces(self) -> list[np.ndarray]:
         """Each footprint factor's traces (selected rows), in memory, as stored."""
-        host = self.desc.model._host
-        out = []
-        for f in self.desc.kernel_footprints:
-            X = host.C if f.traces_name == "C" else np.asarray(f.traces.compute(scheduler="sync"))
-            out.append(X[f.columns])
-        return out
+        return [self.desc.host_traces(f)[f.columns] for f in self.desc.kernel_footprints]
 
     @cached_property
     def Ct(self) -> np.ndarray:
@@ -333,9 +328,7 @@ class Frames:
         f = self.desc.background
         if f is None:
             return None
-        host_f = self.desc.model._host.f
-        assert host_f is not None
-        return np.ascontiguousarray(host_f[f.columns].T, dtype=self.dtype)
+        return np.ascontiguousarray(self.desc.host_traces(f)[f.columns].T, dtype=self.dtype)
 
     def footprints(self, crop: Crop) -> scipy.sparse.csc_matrix:
         """The factored part's footprints on ``crop``, C order, weighted, signed, in dtype."""
@@ -416,12 +409,20 @@ class Frames:
         movie ``Y + factored`` shares each frame's pixel bands between them.
         """
         n, npix = len(times), crop.npix
+        out = None
         if self.plan.y == 1.0 and not self.plan.ring:
             few = CORES > 1 and 0 < n < CORES and n_bands(npix) >= PARALLEL_BANDS
             if few and len(crop.shape) == 2:
-                shared = self._shared_frames(times, crop)
-                if shared is not None:
-                    return shared.reshape((n, *crop.shape))
+                out = self._shared_frames(times, crop)
+        if out is None:
+            out = self._computed(times, crop)
+        if self.desc.streaming and n <= SCAN_FRAMES:
+            warn_nonfinite(f"frames {_frames_label(times)}", out)
+        return out.reshape((n, *crop.shape))
+
+    def _computed(self, times: np.ndarray, crop: Crop) -> np.ndarray:
+        """Frames ``(n, npix)`` block by block, split across the cores when large."""
+        n, npix = len(times), crop.npix
         out = _buffers.empty((n, npix), self.dtype)  # ≥ 1 MiB: recycled, already mapped
 
         def run(part: slice) -> None:
@@ -433,9 +434,7 @@ class Frames:
             run(slice(0, n))
         else:  # equal shares, one per core (blocks of 32 would leave one core idle at the end)
             _in_parallel(run, [slice(a, b) for a, b in pairwise(_shares(n, min(CORES, n)))])
-        if self.desc.streaming and n <= SCAN_FRAMES:
-            warn_nonfinite(f"frames {_frames_label(times)}", out)
-        return out.reshape((n, *crop.shape))
+        return out
 
     def _shared_frames(self, times: np.ndarray, crop: Crop) -> np.ndarray | None:
         """``res[t]``, ``raw[t]``: the cores share each frame, band by band (a pixel-major
@@ -455,5 +454,4 @@ class Frames:
         A, Ct, bg, ft = self._operands(times, crop)
         bands = [range(p, q) for p, q in pairwise(_shares(n_bands(npix), CORES))]
         _in_parallel(lambda part: residual_bands(out, A, Ct, bg, ft, y, part), bands)
-        warn_nonfinite(f"frames {_frames_label(times)}", out)
         return out

@@ -250,9 +250,8 @@ def movie_graph(
         return y if y.dtype == dt else y.astype(dt)
     letters = "ijl"[: len(m.dims)]
     out_ind = "t" + letters
-    yind = "t" + letters
     args: list[Any] = [
-        *((y_blocks(desc, chunks), yind) if desc.streaming else (None, None)),
+        *((y_blocks(desc, chunks), out_ind) if desc.streaming else (None, None)),
         footprint_op(desc, dt),
         "z",
     ]

@@ -178,7 +178,7 @@ class Movie:
             attrs["fr"] = float(fr)
             t = np.arange(self.shape[0], dtype=np.float64) / float(fr)
             coords["t"] = ("t", t, {"units": "s", "long_name": "time"})
-        known = cached_min_max(self)
+        known = _statistics.cached_min_max(self)
         if known is not None:
             attrs["min"], attrs["max"] = float(known[0]), float(known[1])
         label = name if name is not None else self.kind
@@ -348,12 +348,6 @@ def max_dense_bytes() -> float:
             f"{MAX_DENSE_DEFAULT} (1 GiB) or 'inf' (no limit), or unset it."
         )
     return value
-
-
-def cached_min_max(movie: Movie) -> tuple[float, float] | None:
-    """The exact ``(min, max)`` of ``movie`` if already computed (cached), else ``None``;
-    never computes anything."""
-    return _statistics.cached_min_max(movie)
 
 
 def _operand(kind: str) -> str:

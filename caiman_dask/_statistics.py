@@ -39,7 +39,7 @@ from dask.base import tokenize
 
 from . import _streaming, _structured
 from ._compute import compute
-from ._description import Description
+from ._description import Description, Factor
 from ._frame_kernels import frames
 from ._graph import background_op, f_blocks, footprint_op, movie_graph, trace_blocks, y_blocks
 from ._index import Window, frame_window
@@ -53,7 +53,6 @@ __all__ = [
     "MovieLike",
     "cached_min_max",
     "forget_statistics",
-    "has_stats",
     "images",
     "min_max",
     "nonfinite_pixels",
@@ -205,17 +204,9 @@ def _factored_arrays(
     model's)."""
     h = desc.model._host
 
-    def rows(name: str, array: Any, columns: np.ndarray) -> np.ndarray:
-        if traces is not None:
-            X = traces[name]
-        elif name == "C":
-            X = h.C
-        elif name == "f":
-            assert h.f is not None
-            X = h.f
-        else:
-            X = np.asarray(array.compute(scheduler="sync"))
-        return np.asarray(X[columns], dtype=np.float64)
+    def rows(f: Factor) -> np.ndarray:
+        X = desc.host_traces(f) if traces is None else traces[f.traces_name]
+        return np.asarray(X[f.columns], dtype=np.float64)
 
     spatial: list[Any] = []
     temporal: list[np.ndarray] = []
@@ -223,12 +214,12 @@ def _factored_arrays(
         A = scipy.sparse.csr_matrix(h.A[:, f.columns], dtype=np.float64)
         w = f.weights[f.columns]
         spatial.append(A if np.all(w == 1.0) else A @ scipy.sparse.diags(w))
-        temporal.append(rows(f.traces_name, f.traces, f.columns))
+        temporal.append(rows(f))
     bg = desc.background
     if bg is not None:
         assert h.b is not None
         spatial.append(np.asarray(h.b[:, bg.columns], dtype=np.float64) * bg.weights[bg.columns])
-        temporal.append(rows("f", bg.traces, bg.columns))
+        temporal.append(rows(bg))
     if not spatial:
         T = desc.model.T if traces is None else next(iter(traces.values())).shape[1]
         A_all: Any = scipy.sparse.csr_matrix((desc.model.P, 0))
@@ -498,11 +489,6 @@ def forget_statistics() -> None:
     movies built alike share them; this frees their memory."""
     _STATS.clear()
     _FACTORED.clear()
-
-
-def has_stats(mv: MovieLike, corr: bool) -> bool:
-    """Whether the statistics of all of a streaming movie's frames are cached."""
-    return _cached(mv, frame_window(None, mv.shape[0]), corr) is not None
 
 
 def remember(mv: MovieLike, corr: bool, stats: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from dask.callbacks import Callback
 from ._encode import write_movie
 from ._index import frame_window
 from ._model import CNMFModel, Components
-from ._movie import Movie, cached_min_max, raw, rcb, rcm, residuals
+from ._movie import Movie, raw, rcb, rcm, residuals
 from ._optional import require as _require
 from ._options import choose
 from ._render import (
@@ -50,7 +50,7 @@ from ._render import (
     footprint_contours,
     render_frame,
 )
-from ._statistics import project
+from ._statistics import cached_min_max, project
 from .errors import EmptyComponentsWarning, OptionError
 
 __all__ = [

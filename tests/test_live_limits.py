@@ -110,6 +110,6 @@ def test_cancel_keeps_provisional_limits_and_caches_nothing(model):
         v.live.cancel()
     assert v.live.state == "cancelled"
     assert v.shown_limits == v.live.provisional
-    assert cd._movie.cached_min_max(v.movies[0]) is None
+    assert cd._statistics.cached_min_max(v.movies[0]) is None
     with pytest.raises(Exception, match="cancelled"):
         v.live.wait()

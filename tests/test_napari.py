@@ -23,7 +23,7 @@ from napari.components import ViewerModel
 
 import caiman_dask as cd
 from caiman_dask import _napari as N
-from caiman_dask._movie import cached_min_max
+from caiman_dask._statistics import cached_min_max
 from caiman_dask._view import PROVISIONAL_FRAMES, LiveLimits
 
 from .conftest import MMAP_2P_C

@@ -42,21 +42,11 @@ class NumpyMemmapBackend(Backend):
     def view(self) -> np.ndarray:
         """The whole array as a read-only view of the file, kept open for the fast path;
         checks first that the file has not changed since it was opened."""
-        self.check()
-        h = self.__dict__.get("_h_view")
-        if h is None:
-            with self._lock:
-                h = self.__dict__.get("_h_view")
-                if h is None:
-                    h = self._h_view = np.memmap(
-                        self.path,
-                        self.dtype,
-                        "r",
-                        offset=self.offset,
-                        shape=self.shape,
-                        order=self.order,
-                    )
-        return h
+        return self._kept_view(
+            lambda: np.memmap(
+                self.path, self.dtype, "r", offset=self.offset, shape=self.shape, order=self.order
+            )
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         self.check()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,18 @@ class Backend:
         opened (never touch mapped pages of a truncated file: that is SIGBUS)."""
         if self.stamp is not None:
             check_stamp(self.path, self.stamp)
+
+    def _kept_view(self, open_view: Callable[[], np.ndarray]) -> np.ndarray:
+        """The file's array view, opened once by ``open_view`` (under the lock) and kept open
+        for the fast path; checks first that the file has not changed since it was opened."""
+        self.check()
+        h = self.__dict__.get("_h_view")
+        if h is None:
+            with self._lock:
+                h = self.__dict__.get("_h_view")
+                if h is None:
+                    h = self._h_view = open_view()
+        return h
 
     @property
     def ndim(self) -> int:

@@ -64,14 +64,7 @@ class MemmapBackend(Backend):
         Kept open (for the interactive fast path); pages it touches stay mapped. Checks first
         that the file has not changed since it was opened (a truncated file would be SIGBUS).
         """
-        self.check()
-        h = self.__dict__.get("_h_view")
-        if h is None:
-            with self._lock:
-                h = self.__dict__.get("_h_view")
-                if h is None:
-                    h = self._h_view = self._open_view()
-        return h
+        return self._kept_view(self._open_view)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """``key`` as a view of a fresh read-only mapping of the file.
