@@ -32,6 +32,7 @@ from ._index import full_crop
 from ._model import CNMFModel
 from ._moment_kernels import MomentsState, prepare_moments
 from ._movie import Movie, residuals
+from ._ring_pass import ring_block_stats, ring_coefficients
 from ._statistics import (
     Kind,
     _block_stats,
@@ -61,9 +62,10 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
         self._engine = Frames(self._desc, movie.dtype)
         self._block = canonical_frames(movie, self._corr)
         self._fused = fused(self._desc, self._corr)
+        self._ring = None if self._corr else ring_coefficients(self._desc)
         self.n = 0  #: frames folded so far
         self._stack: list[tuple[int, dict[str, Any]]] = []  # (blocks, merged stats)
-        self._open: MomentsState | list[np.ndarray] | None = None
+        self._open: MomentsState | list[Any] | None = None
         self._open_n = 0
         self._traces: dict[str, list[np.ndarray]] = {}
         if self._fused:
@@ -209,7 +211,9 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
             if self._open is None:
                 self._open = []
             assert isinstance(self._open, list)
-            self._open.append(self._frames(part, ct, ft, n))
+            # a ring-model movie keeps its inputs: its statistics come from the whole block
+            keep = (part["Y"], part["C"]) if self._ring else self._frames(part, ct, ft, n)
+            self._open.append(keep)
         self._open_n += n
 
     def _frames(
@@ -236,6 +240,11 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
                 result = self._open.result()
             return {k: v if k == "n" else np.reshape(v, dims) for k, v in result.items()}
         assert isinstance(self._open, list)
+        if self._ring:
+            Y = np.concatenate([y for y, _ in self._open], axis=0)
+            C = np.concatenate([c for _, c in self._open], axis=1)
+            with np.errstate(invalid="ignore", over="ignore"):  # (non-finite: reported later)
+                return ring_block_stats(Y, self._engine.ring.op, C, [self._ring])[0]
         return _block_stats(np.concatenate(self._open, axis=0), corr=self._corr)
 
     def _push(self, stats: dict[str, Any]) -> None:

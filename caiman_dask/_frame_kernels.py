@@ -26,6 +26,7 @@ __all__ = [
     "Runs",
     "c_to_f_permutation",
     "footprint_runs",
+    "frame_rows",
     "frames",
     "frames_reference",
     "fused",
@@ -385,6 +386,25 @@ def gather_pixel_major(z: np.ndarray, Y: np.ndarray, pixels: range) -> None:
     span = (h * w - 1) * s + n
     src = np.lib.stride_tricks.as_strided(Y, shape=(span,), strides=(Y.itemsize,), writeable=False)
     _gather_pixel_major(z.reshape(-1), src, s, n, h * w, pixels.start, pixels.stop)
+
+
+def frame_rows(Y: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A block of frames ``(n, *dims)`` as rows ``(n, P)`` in the pixel order it is stored in:
+    free for frames stored one after another in C order (``False``) or in Fortran order, as a
+    frame-major memmap holds them (``True``); a :func:`pixel_major` block is gathered into
+    Fortran-ordered rows; anything else is copied to C order."""
+    n = Y.shape[0]
+    P = math.prod(Y.shape[1:])
+    reverse = (0, *range(Y.ndim - 1, 0, -1))
+    if Y.flags.c_contiguous:
+        return Y.reshape(n, P), False
+    if Y.transpose(reverse).flags.c_contiguous:
+        return Y.transpose(reverse).reshape(n, P), True
+    if pixel_major(Y, P):
+        z = np.empty((n, Y.shape[2], Y.shape[1]), Y.dtype)
+        gather_pixel_major(z, Y, range(P))
+        return z.reshape(n, P), True
+    return np.ascontiguousarray(Y).reshape(n, P), False
 
 
 def n_bands(npix: int) -> int:

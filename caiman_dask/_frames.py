@@ -33,6 +33,7 @@ from . import _buffers
 from ._description import Description
 from ._frame_kernels import (
     c_to_f_permutation,
+    frame_rows,
     frames,
     fused,
     gather_pixel_major,
@@ -42,7 +43,7 @@ from ._frame_kernels import (
 )
 from ._index import Crop, full_crop, time_key
 from ._io import sparse_to_scipy
-from ._ring import RingOperator, prepare_ring, ring_frames
+from ._ring import RingOperator, prepare_ring, ring_combine, ring_x, ring_z_into
 from .errors import NaNWarning
 
 __all__ = [
@@ -64,6 +65,9 @@ PARALLEL_PIXELS = 4_000_000
 #: Frames of at least this many bands (``_frame_kernels._BAND`` pixels) are shared by the cores
 #: when a request has fewer frames than cores: each core takes a share of the bands.
 PARALLEL_BANDS = 4
+#: A ring background whose sparse product ``W·X`` has at least this many multiply-adds shares
+#: it between the cores when a request has fewer frames than cores (``rcb[t]``, ``res[t]``).
+PARALLEL_NNZ = 500_000
 CORES = os.cpu_count() or 1
 _POOL: ThreadPoolExecutor | None = None
 
@@ -159,17 +163,19 @@ def evaluate(
     ft: np.ndarray | None,
     Y: np.ndarray | None,
     ring: RingOperands | None = None,
+    split: bool = False,
 ) -> None:
     """Frames ``out`` ``(n, npix)`` (C order, ``plan.dtype``) of ``y·Y + ring·B + A·C + b·f``.
 
     ``A`` / ``b`` carry the weights and :func:`kernel_sign`; ``Y``: the block's movie frames
     ``(n, *crop)`` in any layout (``None`` when ``plan.y == plan.ring == 0``). With a ring
-    background the frames are whole (``npix = P``).
+    background the frames are whole (``npix = P``); ``split``: its sparse product is shared by
+    the cores (only from a thread outside the frame pool: few frames asked interactively).
     """
     n = out.shape[0]
     if plan.ring:
         assert ring is not None and Y is not None
-        _ring_evaluate(out, plan, A, Ct, b, ft, Y, ring)
+        _ring_evaluate(out, plan, A, Ct, b, ft, Y, ring, split)
     elif plan.y == 0.0 or Y is None:
         frames(out, A, Ct, b, ft)
     elif plan.y == 1.0:
@@ -188,27 +194,63 @@ def _ring_evaluate(
     ft: np.ndarray | None,
     Y: np.ndarray,
     ring: RingOperands,
+    split: bool,
 ) -> None:
-    """:func:`evaluate` with the ring background ``B = b0 + W·(Y − A·C − b0)`` (full frames).
+    """:func:`evaluate` with the ring background ``B = b0 + U(W·(D·Y − (D·A)·C − D·b0))``
+    (full frames).
 
-    Residuals ``Y − A·C − B`` reuse the ring's ``A·C`` and are rounded as ``(Y − A·C) − B``.
+    The background ``b0 + U(Z)`` is written straight into ``out``; residuals ``Y − A·C − B``
+    are ``Y − A·C`` (the frame kernel) with ``B`` subtracted in place, rounded as
+    ``(Y − A·C) − B``. Other sums are assembled from ``B``, ``A·C`` and ``Y``. ``split``:
+    share the sparse product's rows between the cores (a request of few frames, made from a
+    thread that is not one of the pool's).
     """
     n, dt, dims = out.shape[0], plan.dtype, plan.dims
     P = math.prod(dims)
-    ac = np.empty((n, P), dt)
-    frames(ac, ring.A, ring.Ct)
-    B = ring_frames(ring.op, Y, ac.reshape((n, *dims))).reshape(n, P)
+    op = ring.op
+    rows, fortran = frame_rows(Y)
+    L = op.layout(fortran)
+    X = np.empty((L.n_pixels_ds, n), dt)
+    Z = np.empty_like(X)
+    parts = CORES if split and CORES > 1 and L.nnz * n >= PARALLEL_NNZ else 1
+
+    def shared(run: Callable[[range], None], size: int) -> None:
+        """``run`` over ``parts`` shares of ``range(size)`` (the first on this thread)."""
+        _in_parallel(run, [range(a, b) for a, b in pairwise(_shares(size, parts))])
+
+    shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
+    shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
+    n_rows_c = len(L.c_rows[0]) - 1
+    factored = plan.reuse is not None or A.shape[1] or (b is not None and b.shape[1])
+    if plan.y == 0.0 and not factored:  # the background (times a number)
+        shared(lambda r: ring_combine(op, L, out, Z, False, r), n_rows_c)
+        if plan.ring != 1.0:
+            out *= dt.type(plan.ring)
+        return
+    # Y as it was read (or gathered): the frame kernel takes either pixel order
+    Yv = rows.reshape((n, *dims[::-1])).transpose(0, *range(len(dims), 0, -1)) if fortran else Y
+    if plan.y == 1.0 and plan.reuse == -1.0 and plan.ring == -1.0:  # the residuals
+        if parts > 1 and fused(Yv, P):  # the cores share the frame's pixel bands
+            shared(lambda r: residual_bands(out, ring.A, ring.Ct, None, None, Yv, r), n_bands(P))
+        else:
+            frames(out, ring.A, ring.Ct, None, None, Yv)
+        shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
+        return
+    B = np.empty((n, P), dt)
+    ring_combine(op, L, B, Z, False)
     acc: np.ndarray | None = None
     if plan.y:
-        acc = np.asarray(Y, dtype=dt).reshape(n, P)
+        acc = np.asarray(Yv, dtype=dt).reshape(n, P)
         acc = acc * dt.type(plan.y) if plan.y != 1.0 else acc
     if plan.reuse is not None:  # the factored part is c·A·C
+        ac = np.empty((n, P), dt)
+        frames(ac, ring.A, ring.Ct)
         if acc is not None and plan.reuse == -1.0:
             acc = np.subtract(acc, ac)
         else:
             term = ac if plan.reuse == 1.0 else ac * dt.type(plan.reuse)
             acc = term if acc is None else acc + term
-    elif A.shape[1] or (b is not None and b.shape[1]):
+    elif factored:
         F = np.empty((n, P), dt)
         frames(F, A, Ct, b, ft)
         acc = F if acc is None else acc + F
@@ -362,9 +404,10 @@ class Frames:
         m = self.desc.model
         h = m._host
         assert h.W is not None and h.b0 is not None
+        A = scipy.sparse.csc_matrix(h.A, dtype=self.dtype)  # (as the dask blocks take it)
         return RingOperands(
-            prepare_ring(h.W, h.b0, m.dims, dtype=self.dtype),
-            scipy.sparse.csc_matrix(h.A, dtype=self.dtype),
+            prepare_ring(h.W, h.b0, m.dims, dtype=self.dtype, A=A),
+            A,
             np.ascontiguousarray(h.C.T, dtype=self.dtype),
         )
 
@@ -374,8 +417,9 @@ class Frames:
         assert src is not None
         return src.read((time_key(times), *crop.sel))
 
-    def _fill(self, out: np.ndarray, times: np.ndarray, crop: Crop) -> None:
-        """Frames ``times`` of ``crop`` into ``out`` ``(n, npix)``."""
+    def _fill(self, out: np.ndarray, times: np.ndarray, crop: Crop, split: bool = False) -> None:
+        """Frames ``times`` of ``crop`` into ``out`` ``(n, npix)`` (``split``: see
+        :func:`evaluate`)."""
         d = self.desc
         if d.ring:  # the ring needs whole frames: computed whole, then cropped
             dims = d.model.dims
@@ -385,7 +429,7 @@ class Frames:
             whole = full_crop(dims)
             ring = RingOperands(r.op, r.A, r.Ct[times])
             A, Ct, b, ft = self._operands(times, whole)
-            evaluate(full, self.plan, A, Ct, b, ft, self._read_y(times, whole), ring)
+            evaluate(full, self.plan, A, Ct, b, ft, self._read_y(times, whole), ring, split)
             if crop.pix is not None:
                 np.take(full, crop.pix, axis=1, out=out)
             return
@@ -425,13 +469,13 @@ class Frames:
         n, npix = len(times), crop.npix
         out = _buffers.empty((n, npix), self.dtype)  # ≥ 1 MiB: recycled, already mapped
 
-        def run(part: slice) -> None:
+        def run(part: slice, split: bool = False) -> None:
             for s in range(part.start, part.stop, FRAME_BLOCK):
                 sl = slice(s, min(part.stop, s + FRAME_BLOCK))
-                self._fill(out[sl], times[sl], crop)
+                self._fill(out[sl], times[sl], crop, split)
 
         if CORES == 1 or n < 2 or n * npix < PARALLEL_PIXELS:
-            run(slice(0, n))
+            run(slice(0, n), split=n < CORES)  # (few frames: the cores share each one)
         else:  # equal shares, one per core (blocks of 32 would leave one core idle at the end)
             _in_parallel(run, [slice(a, b) for a, b in pairwise(_shares(n, min(CORES, n)))])
         return out

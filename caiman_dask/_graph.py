@@ -180,12 +180,13 @@ def _ring_from_blocks(blocks: list[Any], dims: tuple[int, ...], dtype: np.dtype)
     P = math.prod(dims)
     Af = blocks_to_scipy(a_blocks) if a_blocks else scipy.sparse.csc_matrix((P, 0))
     K = Af.shape[1]
-    return prepare_ring(W, b0, dims, dtype=dtype), prepare_footprints(
-        Af, np.arange(K), np.ones(K), dims, dtype
-    )
+    A = prepare_footprints(Af, np.arange(K), np.ones(K), dims, dtype)
+    return prepare_ring(W, b0, dims, dtype=dtype, A=A), A
 
 
-def _ring_op(desc: Description, dtype: np.dtype) -> da.Array:
+def ring_op(desc: Description, dtype: np.dtype) -> da.Array:
+    """One-block array: the ring operator (prepared with the footprints) and the footprints
+    in C order, in ``dtype``."""
     m = desc.model
     assert m.W is not None and m.b0 is not None
     name = f"ring-op-{tokenize(m.W.name, m.b0.name, m.A.name, m.dims, np.dtype(dtype))}"
@@ -260,7 +261,7 @@ def movie_graph(
     f = f_blocks(desc, chunks)
     args += [f, None if f is None else "ft"]
     if desc.ring:
-        args += [_ring_op(desc, dt), "x", m.C.rechunk({0: -1, 1: chunks}), "ct"]
+        args += [ring_op(desc, dt), "x", m.C.rechunk({0: -1, 1: chunks}), "ct"]
     else:
         args += [None, None, None, None]
     for letter, tr in zip(_TRACE_LETTERS, trace_blocks(desc, chunks), strict=False):

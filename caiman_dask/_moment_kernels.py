@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse
 
 __all__ = [
+    "TILE",
     "MomentsOperator",
     "MomentsState",
     "prepare_moments",
@@ -23,7 +24,8 @@ __all__ = [
 
 
 #: Pixels per tile of :func:`_moments_update` (tile accumulators stay in L2).
-_TILE = 2048
+TILE = 2048
+_TILE = TILE
 #: Frames per call of :func:`_moments_update` (bounds its footprint-product buffer).
 _SUB_FRAMES = 32
 

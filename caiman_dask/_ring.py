@@ -34,21 +34,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from ._frame_kernels import frame_rows
+from ._moment_kernels import MomentsOperator, prepare_moments
+from ._ring_kernels import combine, ring_inputs, spmm
 from .errors import OptionError, ShapeMismatchError
 
 __all__ = [
+    "RingLayout",
     "RingOperator",
     "decimate",
     "downsampled_dims",
     "infer_ssub_B",
     "prepare_ring",
+    "ring_background",
+    "ring_combine",
     "ring_frames",
+    "ring_x",
+    "ring_z",
+    "ring_z_into",
+    "ring_z_own",
     "upsample",
 ]
 
@@ -317,6 +328,10 @@ class RingOperator:
         ``1 / (pixels per block)`` (read-only).
     dtype : numpy.dtype
         Floating dtype of the computation and of the output.
+    A : scipy.sparse.csr_matrix, shape (P, K)
+        The footprints in C pixel order (float64; ``K = 0`` when not given), for ``D·A``.
+    W_f : scipy.sparse.spmatrix
+        ``W`` as CaImAn stores it (Fortran order of ``dims_ds``).
     """
 
     dims: tuple[int, ...]
@@ -327,6 +342,40 @@ class RingOperator:
     b0_ds: np.ndarray
     inv_counts: np.ndarray
     dtype: np.dtype
+    A: sp.csr_matrix
+    W_f: Any
+
+    def layout(self, fortran: bool) -> RingLayout:
+        """The operator for frames in Fortran (CaImAn's) or C pixel order (built once)."""
+        return self._fortran if fortran else self._c
+
+    @cached_property
+    def qmap_c(self) -> np.ndarray:
+        """The block (C order of the grid) of each pixel taken in C order."""
+        return _grid(self.dims, self.ssub_B)[2]
+
+    @cached_property
+    def _c(self) -> RingLayout:
+        return _layout(self.dims, self.ssub_B, self.W, self.b0.reshape(-1), self.A, self.dtype)
+
+    @cached_property
+    def _fortran(self) -> RingLayout:
+        P = self.n_pixels
+        f_to_c = np.arange(P).reshape(self.dims).ravel(order="F")  # C index of each F pixel
+        to_f = _fortran_to_c_perm(self.dims_ds)  # W's row (Fortran) of each C-ordered block
+        W_rows_c = sp.csr_matrix(self.W_f)[to_f]  # rows in C order: Z comes out in C order
+        ptr_c, idx_c, qmap_c = _grid(self.dims, self.ssub_B)
+        return _layout(
+            self.dims[::-1],
+            self.ssub_B,
+            W_rows_c,
+            self.b0.reshape(-1)[f_to_c],
+            self.A[f_to_c],
+            self.dtype,
+            qmap=qmap_c[f_to_c],
+            c_rows=(ptr_c, idx_c),
+            W_own=self.W_f,
+        )
 
     @property
     def n_pixels(self) -> int:
@@ -337,6 +386,156 @@ class RingOperator:
     def n_pixels_ds(self) -> int:
         """Number of downsampled pixels ``P_ds``."""
         return math.prod(self.dims_ds)
+
+
+@dataclass(frozen=True, eq=False)
+class RingLayout:
+    """The ring operator for frames stored in one pixel order: the C order of ``dims``
+    (``dims`` reversed for CaImAn's Fortran order), a frame viewed as ``(rows, cols)``.
+
+    Attributes
+    ----------
+    dims, dims_ds
+        Frame and downsampled-grid shapes in this order.
+    ssub
+        Block size.
+    W_ptr, W_idx, W_val
+        CSR of ``W`` ``(P_ds, P_ds)`` (unsigned indices, values in the operator's dtype):
+        columns in this order (``X``'s rows), rows in C order, so ``Z = W·X`` is in C order
+        whatever the frames' order.
+    Wo_ptr, Wo_idx, Wo_val
+        The same with rows in this order too (for the statistics, which read ``Z`` at each
+        pixel in this order).
+    b0
+        ``(P,)`` baseline in this order, in the dtype.
+    b0_ds, inv
+        ``D·b0`` and ``1 / pixels per block`` ``(P_ds,)``, float64.
+    row_ptr, row_idx
+        CSR of the frame rows each downsampled row averages.
+    qmap
+        ``(P,)`` uint32: the row of ``Z = W·X`` (blocks in C order) of each pixel (this order).
+    c_rows
+        ``row_ptr`` / ``row_idx`` of the frame's C order (the output's).
+    own
+        ``(P,)`` uint32: the block of each pixel in this order's grid.
+
+    DA
+        CSR ``D·A`` ``(P_ds, K)``, float64.
+    moments
+        The footprints prepared for :func:`~._ring_kernels.ring_fold` (this order).
+    """
+
+    dims: tuple[int, ...]
+    dims_ds: tuple[int, ...]
+    ssub: int
+    W_ptr: np.ndarray
+    W_idx: np.ndarray
+    W_val: np.ndarray
+    Wo_ptr: np.ndarray
+    Wo_idx: np.ndarray
+    Wo_val: np.ndarray
+    b0: np.ndarray
+    b0_ds: np.ndarray
+    inv: np.ndarray
+    row_ptr: np.ndarray
+    row_idx: np.ndarray
+    qmap: np.ndarray
+    c_rows: tuple[np.ndarray, np.ndarray]
+    own: np.ndarray
+    DA: sp.csr_matrix
+    moments: MomentsOperator
+
+    @property
+    def n_pixels_ds(self) -> int:
+        return math.prod(self.dims_ds)
+
+    @property
+    def n_rows_ds(self) -> int:
+        """Rows of the downsampled grid (all axes but the last)."""
+        return len(self.row_ptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return len(self.W_val)
+
+
+def _grid(dims: tuple[int, ...], s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The downsampled grid of frames in the C order of ``dims`` viewed as ``(rows, cols)``:
+    CSR ``row_ptr`` / ``row_idx`` of the frame rows of each downsampled row, and ``qmap``, the
+    block (C order of the grid) of each pixel."""
+    dims_ds = downsampled_dims(dims, s)
+    lead = dims[:-1]
+    idx = np.indices(lead).reshape(len(lead), -1)
+    ds_row = np.asarray(np.ravel_multi_index(tuple(idx // s), dims_ds[:-1]), np.int64)
+    row_idx = np.argsort(ds_row, kind="stable").astype(np.int64)
+    row_ptr = np.zeros(math.prod(dims_ds[:-1]) + 1, np.int64)
+    np.cumsum(np.bincount(ds_row, minlength=len(row_ptr) - 1), out=row_ptr[1:])
+    cols = np.arange(dims[-1]) // s
+    qmap = (ds_row[:, None] * dims_ds[-1] + cols[None, :]).reshape(-1).astype(np.uint32)
+    return row_ptr, row_idx, qmap
+
+
+def _unsigned(a: np.ndarray) -> np.ndarray:
+    """Indices as unsigned ints (the compiled loops then skip negative-index handling: twice
+    as fast a sparse product)."""
+    return a.astype(np.uint32 if a.size == 0 or int(a.max()) < 2**32 else np.uint64)
+
+
+def _csr(W: Any, dt: np.dtype) -> sp.csr_matrix:
+    W = sp.csr_matrix(W, dtype=dt)
+    W.sum_duplicates()
+    W.sort_indices()
+    return W
+
+
+def _layout(
+    dims: tuple[int, ...],
+    s: int,
+    W: Any,
+    b0: np.ndarray,
+    A: sp.spmatrix,
+    dt: np.dtype,
+    *,
+    qmap: np.ndarray | None = None,
+    c_rows: tuple[np.ndarray, np.ndarray] | None = None,
+    W_own: Any = None,
+) -> RingLayout:
+    """:class:`RingLayout` for frames in the C order of ``dims`` (``b0``, ``A`` and ``W``'s
+    columns in it; ``W``'s rows in the C order of the grid, which ``qmap`` indexes;
+    ``c_rows``: the C order's rows; ``W_own``: ``W`` with its rows in this order too; by
+    default this grid's)."""
+    dims_ds = downsampled_dims(dims, s)
+    P, Pds = math.prod(dims), math.prod(dims_ds)
+    row_ptr, row_idx, own = _grid(dims, s)
+    inv = _inverse_counts(dims, s).reshape(-1).astype(np.float64)
+    b0_ds = np.bincount(own, weights=np.asarray(b0, np.float64), minlength=Pds) * inv
+    D = sp.csr_matrix((inv[own], (own, np.arange(P))), shape=(Pds, P))
+    A = sp.csr_matrix(A, dtype=np.float64)
+    DA = sp.csr_matrix(D @ A)
+    DA.sum_duplicates()
+    Wl = _csr(W, dt)
+    Wo = Wl if W_own is None else _csr(W_own, dt)
+    return RingLayout(
+        dims=dims,
+        dims_ds=dims_ds,
+        ssub=s,
+        W_ptr=_unsigned(Wl.indptr),
+        W_idx=_unsigned(Wl.indices),
+        W_val=Wl.data,
+        Wo_ptr=_unsigned(Wo.indptr),
+        Wo_idx=_unsigned(Wo.indices),
+        Wo_val=Wo.data,
+        b0=_readonly(np.ascontiguousarray(b0, dtype=dt)),
+        b0_ds=_readonly(b0_ds),
+        inv=_readonly(inv),
+        row_ptr=row_ptr,
+        row_idx=row_idx,
+        qmap=own if qmap is None else qmap,
+        c_rows=(row_ptr, row_idx) if c_rows is None else c_rows,
+        own=own,
+        DA=DA,
+        moments=prepare_moments(sp.csc_matrix(A), None),
+    )
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -350,6 +549,7 @@ def prepare_ring(
     dims: tuple[int, ...],
     *,
     dtype: npt.DTypeLike = np.float64,
+    A: sp.spmatrix | None = None,
 ) -> RingOperator:
     """Build a :class:`RingOperator` from CaImAn's Fortran-ordered ``W`` and ``b0``.
 
@@ -368,6 +568,8 @@ def prepare_ring(
         (default float64, which reproduces CaImAn's float64 background to
         rounding; float32 is faster but differs from it by ~1e-4 on values
         ~1e3).
+    A : scipy sparse matrix, shape (P, K), optional
+        The footprints **in C pixel order** (for ``D·A`` of :func:`ring_z`); none: ``K = 0``.
 
     Returns
     -------
@@ -413,6 +615,9 @@ def prepare_ring(
     inv_counts = _inverse_counts(dims, ssub).astype(dt)
     b0_ds = (_block_sums(b0_img, ssub, len(dims), dt) * inv_counts).reshape(-1)
 
+    A_c = sp.csr_matrix((P, 0)) if A is None else sp.csr_matrix(A, dtype=np.float64)
+    if A_c.shape[0] != P:
+        raise ShapeMismatchError(f"A has {A_c.shape[0]} rows, expected P = {P} for dims {dims}")
     return RingOperator(
         dims=dims,
         ssub_B=ssub,
@@ -422,6 +627,8 @@ def prepare_ring(
         b0_ds=_readonly(np.ascontiguousarray(b0_ds, dtype=dt)),
         inv_counts=_readonly(inv_counts),
         dtype=dt,
+        A=A_c,
+        W_f=W,
     )
 
 
@@ -492,3 +699,111 @@ def ring_frames(op: RingOperator, Y_frames: npt.ArrayLike, AC_frames: npt.ArrayL
     up = Z if ssub == 1 else _repeat_crop(Z, ssub, dims)
     np.add(up, op.b0, out=out)
     return out
+
+
+# --------------------------------------------------------------------------
+# the fast path: D·Y − (D·A)·C (CaImAn's own formula), compiled kernels
+# --------------------------------------------------------------------------
+
+
+def ring_x(
+    L: RingLayout,
+    rows: np.ndarray,
+    Ct: np.ndarray,
+    dtype: np.dtype,
+    out: np.ndarray | None = None,
+    part: range | None = None,
+) -> np.ndarray:
+    """``X = D·Y − (D·A)·C − D·b0`` ``(P_ds, n)`` in ``dtype`` for frames ``rows`` ``(n, P)``
+    stored in ``L``'s pixel order, with traces ``Ct`` ``(n, K)`` of all components (into
+    ``out``, downsampled rows ``part`` only when given: threads can share a frame)."""
+    n = rows.shape[0]
+    y = rows if rows.dtype.kind in "fiu" and rows.dtype.isnative else rows.astype(dtype)
+    if y.dtype == np.float16:
+        y = y.astype(np.float32)
+    X = np.empty((L.n_pixels_ds, n), dtype) if out is None else out
+    part = range(L.n_rows_ds) if part is None else part
+    CtT = np.ascontiguousarray(np.asarray(Ct, np.float64).T)
+    DA = L.DA
+    ring_inputs(
+        y.reshape(n, -1, L.dims[-1]),
+        L.row_ptr,
+        L.row_idx,
+        L.ssub,
+        L.dims_ds[-1],
+        L.inv,
+        L.b0_ds,
+        DA.indptr,
+        DA.indices,
+        DA.data,
+        CtT,
+        X,
+        part.start,
+        part.stop,
+    )
+    return X
+
+
+def ring_z(L: RingLayout, X: np.ndarray, rows: range | None = None) -> np.ndarray:
+    """``Z = W·X`` ``(P_ds, n)`` (rows ``rows`` only when given, the others left unset: row
+    ranges can be shared by threads writing one output)."""
+    Z = np.empty_like(X)
+    ring_z_into(L, X, Z, range(L.n_pixels_ds) if rows is None else rows)
+    return Z
+
+
+def ring_z_into(L: RingLayout, X: np.ndarray, Z: np.ndarray, rows: range) -> None:
+    """Rows ``rows`` of ``Z = W·X`` into ``Z``."""
+    spmm(L.W_ptr, L.W_idx, L.W_val, X, Z, rows.start, rows.stop)
+
+
+def ring_combine(
+    op: RingOperator,
+    L: RingLayout,
+    out: np.ndarray,
+    Z: np.ndarray,
+    subtract: bool,
+    part: range | None = None,
+) -> None:
+    """C-ordered frames ``out`` ``(n, P)``: ``B = b0 + U(Z)`` written, or subtracted
+    (``Z`` from :func:`ring_z` in C order of the grid; downsampled rows ``part`` of the C
+    grid only, when given)."""
+    ptr, idx = L.c_rows
+    part = range(len(ptr) - 1) if part is None else part
+    combine(
+        out,
+        op.b0.reshape(-1),
+        Z,
+        ptr,
+        idx,
+        op.ssub_B,
+        op.dims_ds[-1],
+        subtract,
+        part.start,
+        part.stop,
+    )
+
+
+def ring_background(op: RingOperator, Y_frames: npt.ArrayLike, Ct: npt.ArrayLike) -> np.ndarray:
+    """:func:`ring_frames` by CaImAn's formula ``b0 + U(W·(D·Y − (D·A)·C − D·b0))`` and the
+    compiled kernels (one thread): frames ``(n, *dims)`` in C order, ``op.dtype``.
+
+    ``Y_frames`` ``(n, *dims)`` in any layout; ``Ct`` ``(n, K)`` the traces of all the
+    footprints ``op`` was prepared with."""
+    Y = np.asarray(Y_frames)
+    if Y.ndim != len(op.dims) + 1 or Y.shape[1:] != op.dims:
+        raise ShapeMismatchError(f"Y_frames must have shape (n, *{op.dims}), got {Y.shape}")
+    rows, fortran = frame_rows(Y)
+    L = op.layout(fortran)
+    Z = ring_z(L, ring_x(L, rows, np.asarray(Ct), op.dtype))
+    out = np.empty((Y.shape[0], op.n_pixels), op.dtype)
+    ring_combine(op, L, out, Z, False)
+    return out.reshape(Y.shape)
+
+
+def ring_z_own(L: RingLayout, X: np.ndarray) -> np.ndarray:
+    """``Z = W·X`` ``(P_ds, n)`` with the grid in ``L``'s own order (as pixels in ``L``'s
+    order read it: :attr:`RingLayout.own`)."""
+    Z = np.empty_like(X)
+    spmm(L.Wo_ptr, L.Wo_idx, L.Wo_val, X, Z, 0, L.n_pixels_ds)
+    return Z

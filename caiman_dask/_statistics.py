@@ -14,7 +14,9 @@ that description, never the movie's class:
   once (float64, Chan merging; :mod:`caiman_dask._streaming`). Movies ``Y + factored``
   (residuals, ``raw − rcb``) are reduced straight from ``Y``'s blocks in the file's own pixel
   order by the fused kernel (:mod:`caiman_dask._moment_kernels`), their residual block never
-  stored; others reduce their ``.data`` blocks.
+  stored. Movies of a CNMF-E model ``cy·Y + ca·A·C + cr·B_ring`` (the ring background, its
+  residuals, ``raw − rcb``...) share one pass in which each block's background is computed
+  once for all of them (:mod:`caiman_dask._ring_pass`); others reduce their ``.data`` blocks.
 
 Merged statistics are cached by the movie's identity (its description's token, dtype and
 chunks: two movies built alike share them), so further kinds, ``movie.min`` / ``movie.max``
@@ -25,10 +27,11 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeGuard, TypeVar, cast, get_args
 
 import dask
@@ -40,11 +43,20 @@ from dask.base import tokenize
 from . import _streaming, _structured
 from ._compute import compute
 from ._description import Description, Factor
-from ._frame_kernels import frames
-from ._graph import background_op, f_blocks, footprint_op, movie_graph, trace_blocks, y_blocks
+from ._frame_kernels import frame_rows, frames
+from ._graph import (
+    background_op,
+    f_blocks,
+    footprint_op,
+    movie_graph,
+    ring_op,
+    trace_blocks,
+    y_blocks,
+)
 from ._index import Window, frame_window
 from ._moment_kernels import MomentsState, prepare_moments
 from ._options import choose
+from ._ring_pass import ring_block_stats_as_stored, ring_coefficients, to_c_order
 from .errors import NaNWarning, OptionError
 
 __all__ = [
@@ -71,6 +83,9 @@ FOLD_FRAMES = 512
 #: Bytes of one canonical block of a movie's frames for :func:`_streaming.block_stats` (two
 #: passes over the block: it is held in memory).
 BLOCK_BYTES = 64 * 2**20
+#: Bytes of one canonical block of a ring-model movie's pass (:mod:`caiman_dask._ring_pass`:
+#: the block is read in place, only its downsampled grid is held, twice).
+RING_BLOCK_BYTES = 128 * 2**20
 #: Statistics (and factored operators) kept in memory: at most this many entries ...
 _CACHE_SIZE = 32
 #: ... and this many bytes (the least recently used are dropped first).
@@ -314,6 +329,8 @@ def canonical_frames(mv: MovieLike, corr: bool) -> int:
     if fused(mv.description, corr):
         return FOLD_FRAMES
     frame_bytes = math.prod(mv.shape[1:]) * np.dtype(mv.dtype).itemsize
+    if not corr and ring_coefficients(mv.description) is not None:
+        return max(1, RING_BLOCK_BYTES // max(1, frame_bytes))
     return max(1, BLOCK_BYTES // max(1, frame_bytes))
 
 
@@ -327,16 +344,6 @@ def fused(desc: Description, corr: bool) -> bool:
     """Whether a movie's statistics come from the fused one-pass kernel (``Y + factored``,
     without neighbour co-moments)."""
     return desc.y == 1.0 and desc.ring == 0.0 and not corr
-
-
-def _block_layout(y: np.ndarray) -> tuple[np.ndarray, bool]:
-    """A movie block as rows ``(n, npix)`` without copying when it is stored transposed
-    (frame-major memmap: CaImAn's Fortran pixel order); ``True`` in that case."""
-    n = y.shape[0]
-    reverse = (0, *range(y.ndim - 1, 0, -1))
-    if not y.flags.c_contiguous and y.transpose(reverse).flags.c_contiguous:
-        return y.transpose(reverse).reshape(n, -1), True
-    return np.ascontiguousarray(y).reshape(n, -1), False
 
 
 def _traces_of(c: Sequence[Any], n: int) -> np.ndarray:
@@ -357,7 +364,7 @@ def _residual_block_moments(
 ) -> dict[str, Any]:
     """Mean / M2 / min / max of one block of ``Y − (b·f + A·C)`` in one fused pass (the block
     of the movie itself is never stored)."""
-    rows, fortran = _block_layout(y)
+    rows, fortran = frame_rows(y)
     state = MomentsState(mop_F if fortran else mop_C)
     state.update(rows, _traces_of(c, y.shape[0]), None if f is None else np.asarray(f).T)
     shape = dims[::-1] if fortran else dims
@@ -382,7 +389,7 @@ def _residual_block_stats(
 ) -> dict[str, Any]:
     """Statistics with neighbour co-moments of one block of ``Y − (b·f + A·C)``, in the
     block's own pixel order."""
-    rows, fortran = _block_layout(y)
+    rows, fortran = frame_rows(y)
     A, b = (opA_F, opB_F) if fortran else (opA_C, opB_C)
     n = y.shape[0]
     out = np.empty((n, math.prod(dims)), out_dtype)
@@ -410,18 +417,8 @@ def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]
     """
     desc = mv.description
     m = desc.model
-    T, dt = m.T, np.dtype(mv.dtype)
-    inner = canonical_chunks(stop - start, canonical_frames(mv, corr))
-    layout = _with_margins(inner, start, T)
-    y_arr = None if m.movie_source is None else m.movie_source.in_time_chunks(layout)
-    if y_arr is None:
-        y_arr = y_blocks(desc, layout)
-    sel = slice(1 if start else 0, len(layout) - (1 if stop < T else 0))  # drop the margins
-
-    def blocks(arr: da.Array) -> list[Any]:
-        return list(arr.to_delayed().ravel())[sel]
-
-    ys = blocks(y_arr)
+    dt = np.dtype(mv.dtype)
+    layout, blocks, ys = _margin_blocks(mv, start, stop, corr)
     traces = [blocks(t) for t in trace_blocks(desc, layout)]
     cs = [list(c) for c in zip(*traces, strict=True)] if traces else [[] for _ in ys]
     fb = f_blocks(desc, layout)
@@ -443,12 +440,81 @@ def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]
     ]
 
 
+def _margin_blocks(
+    mv: MovieLike, start: int, stop: int, corr: bool
+) -> tuple[tuple[int, ...], Callable[[da.Array], list[Any]], list[Any]]:
+    """The canonical blocks of a window with their margins (see :func:`_with_margins`): the
+    layout, a function listing an array's delayed blocks of the window, and ``Y``'s (free
+    views of the file for CaImAn memmaps)."""
+    desc = mv.description
+    m = desc.model
+    inner = canonical_chunks(stop - start, canonical_frames(mv, corr))
+    layout = _with_margins(inner, start, m.T)
+    y_arr = None if m.movie_source is None else m.movie_source.in_time_chunks(layout)
+    if y_arr is None:
+        y_arr = y_blocks(desc, layout)
+    sel = slice(1 if start else 0, len(layout) - (1 if stop < m.T else 0))  # drop the margins
+
+    def blocks(arr: da.Array) -> list[Any]:
+        return list(arr.to_delayed().ravel())[sel]
+
+    return layout, blocks, blocks(y_arr)
+
+
+@_quiet
+def _ring_block(y: np.ndarray, ring: Any, C: np.ndarray, coefs: list[Any]) -> Any:
+    return (*ring_block_stats_as_stored(y, ring[0], C, coefs), ring[0].dims)
+
+
+@_quiet
+def _merge_lists(a: Any, b: Any) -> Any:
+    """Merge two blocks' ``(fortran, [stats...], dims)``, in the blocks' own pixel order when
+    they agree (reordered once, at the end: :func:`_ring_c_order`)."""
+    (fa, sa, dims), (fb, sb, _) = a, b
+    if fa != fb:
+        sa, sb = _ring_c_order(a), _ring_c_order(b)
+    merged = [_streaming.merge_stats(x, y) for x, y in zip(sa, sb, strict=True)]
+    return (fa and fb, merged, dims)
+
+
+def _ring_c_order(part: Any) -> list[Any]:
+    fortran, stats, dims = part
+    return [to_c_order(s, dims) for s in stats] if fortran else stats
+
+
+def _ring_graph(movies: Sequence[MovieLike], window: Window) -> Any:
+    """A delayed list of the statistics of ring-model movies of one model, dtype and window
+    (each ``cy·Y + ca·A·C + cr·B``: :func:`~._ring_pass.ring_coefficients`), all from one
+    task per canonical block that computes the background once."""
+    mv = movies[0]
+    desc, dt = mv.description, np.dtype(mv.dtype)
+    assert window.span is not None
+    layout, blocks, ys = _margin_blocks(mv, *window.span, False)
+    cs = blocks(desc.model.C.rechunk({0: -1, 1: layout}))
+    op = ring_op(desc, dt).to_delayed().ravel()[0]
+    coefs = [ring_coefficients(m.description) for m in movies]
+    fn = dask.delayed(_ring_block, pure=True)
+    parts = [fn(yb, op, cb, coefs) for yb, cb in zip(ys, cs, strict=True)]
+    merged = merge_tree(parts, dask.delayed(_merge_lists, pure=True))
+    return dask.delayed(_ring_c_order, pure=True)(merged)
+
+
+def _ring_group(mv: MovieLike, window: Window, corr: bool) -> Any:
+    """The key under which ring-model movies share one pass (``None``: the movie takes its
+    own)."""
+    if corr or window.span is None or ring_coefficients(mv.description) is None:
+        return None
+    return (mv.description.model.token, np.dtype(mv.dtype).str, window.key)
+
+
 def _stream_graph(mv: MovieLike, window: Window, corr: bool) -> Any:
     """A delayed reduction of a streaming movie's statistics over ``window``, block by
     canonical block (:func:`canonical_frames`), merged in :func:`merge_tree`'s order."""
     desc = mv.description
     if desc.y == 1.0 and desc.ring == 0.0 and window.span is not None:
         return merge_tree(_from_y_parts(mv, corr, *window.span))
+    if _ring_group(mv, window, corr) is not None:
+        return dask.delayed(operator.itemgetter(0))(_ring_graph([mv], window))
     frames = canonical_frames(mv, corr)
     if window.span is not None:
         start, stop = window.span
@@ -567,9 +633,10 @@ def project(
     kinds = _kinds(kind)
     corr = "corr" in kinds
     results: list[dict[str, np.ndarray] | None] = []
-    pending: list[tuple[int, MovieLike, Window]] = []
+    pending: list[list[tuple[int, MovieLike, Window]]] = []
     graphs: list[Any] = []
     with_mean = tuple(dict.fromkeys((*kinds, "mean")))  # (the mean tells non-finite pixels)
+    rings: dict[Any, list[tuple[int, MovieLike, Window]]] = {}
     for i, mv in enumerate(movies):
         window = frame_window(frames, mv.shape[0])
         if not mv.description.streaming:
@@ -578,11 +645,19 @@ def project(
         stats = _cached(mv, window, corr)
         results.append(None if stats is None else _finalize(stats, with_mean))
         if stats is None:
-            pending.append((i, mv, window))
-            graphs.append(_stream_graph(mv, window, corr))
-    for (i, mv, window), stats in zip(pending, compute(graphs, bool(progress)), strict=True):
-        _STATS.put((_identity(mv), window.key, corr), stats)
-        results[i] = _finalize(stats, with_mean)
+            group = _ring_group(mv, window, corr)
+            if group is not None:  # ring-model movies of one model share their background
+                rings.setdefault(group, []).append((i, mv, window))
+                continue
+            pending.append([(i, mv, window)])
+            graphs.append(dask.delayed(list)([_stream_graph(mv, window, corr)]))
+    for members in rings.values():
+        pending.append(members)
+        graphs.append(_ring_graph([mv for _, mv, _ in members], members[0][2]))
+    for members, stats_list in zip(pending, compute(graphs, bool(progress)), strict=True):
+        for (i, mv, window), stats in zip(members, stats_list, strict=True):
+            _STATS.put((_identity(mv), window.key, corr), stats)
+            results[i] = _finalize(stats, with_mean)
     out: list[dict[str, np.ndarray]] = []
     for mv, r in zip(movies, results, strict=True):
         assert r is not None
