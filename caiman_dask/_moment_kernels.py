@@ -20,6 +20,7 @@ __all__ = [
     "MomentsState",
     "prepare_moments",
     "residual_moments",
+    "tile_products",
 ]
 
 
@@ -28,6 +29,22 @@ TILE = 2048
 _TILE = TILE
 #: Frames per call of :func:`_moments_update` (bounds its footprint-product buffer).
 _SUB_FRAMES = 32
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def tile_products(AC, cptr, cidx, cdat, CtT, c0, m):  # pragma: no cover - compiled
+    """``AC[i, :] = Σ_j a_ij · C[j, :]`` over all frames for the ``m`` covered pixels of a tile
+    (their CSR rows ``c0 : c0 + m``): multiply-adds contiguous over frames, no branches."""
+    n = AC.shape[1]
+    for i in range(m):
+        row = AC[i]
+        for t in range(n):
+            row[t] = 0.0
+        for j in range(cptr[c0 + i], cptr[c0 + i + 1]):
+            a = cdat[j]
+            ck = CtT[cidx[j]]
+            for t in range(n):
+                row[t] += a * ck[t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -61,15 +78,7 @@ def _moments_update(
         w = p1 - p0
         c0 = tstart[ti]
         m = tstart[ti + 1] - c0
-        for i in range(m):
-            row = AC[i]
-            for t in range(n):
-                row[t] = 0.0
-            for j in range(cptr[c0 + i], cptr[c0 + i + 1]):
-                a = cdat[j]
-                ck = CtT[cidx[j]]
-                for t in range(n):
-                    row[t] += a * ck[t]
+        tile_products(AC, cptr, cidx, cdat, CtT, c0, m)
         cov_t = cov[c0 : c0 + m]
         b0 = bT[0, p0:p1]
         b1 = bT[1, p0:p1]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._moment_kernels import TILE
+from ._moment_kernels import TILE, tile_products
 
 __all__ = ["combine", "ds_moments", "ring_fold", "ring_inputs", "spmm"]
 
@@ -174,15 +174,7 @@ def ring_fold(
         p1 = min(P, p0 + TILE)
         c0 = tstart[ti]
         m = tstart[ti + 1] - c0
-        for i in range(m):
-            row = AC[i]
-            for t in range(n):
-                row[t] = 0.0
-            for j in range(cptr[c0 + i], cptr[c0 + i + 1]):
-                a = cdat[j]
-                ck = CtT[cidx[j]]
-                for t in range(n):
-                    row[t] += a * ck[t]
+        tile_products(AC, cptr, cidx, cdat, CtT, c0, m)
         t = 0
         if first:  # frame 0 sets the shift, minimum and maximum
             for i in range(m):
