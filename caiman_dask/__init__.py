@@ -15,6 +15,7 @@ from ._results import open_minian, open_nwb, open_suite2p
 from ._statistics import KINDS, forget_statistics, project
 from ._store import to_zarr
 from ._store_read import describe_store, open_zarr, store_info
+from ._summary import pnr_images
 from ._synthetic import synthetic, write_cnmf_hdf5
 from ._version import __version__
 from ._view import (
@@ -94,6 +95,7 @@ __all__ = [
     "open_suite2p",
     "open_zarr",
     "parse_memmap_name",
+    "pnr_images",
     "project",
     "raw",
     "rcb",
