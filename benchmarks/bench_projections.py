@@ -89,6 +89,8 @@ READ_CHUNK = 256
 SPEEDUP_GOAL = 15.0
 REL_ERR_GOAL = 1e-10
 PASS_RATIO_GOAL = 3.0
+#: Issue 15: the residual pass with the correlation image's neighbour co-moments.
+CORR_RATIO_GOAL = 4.0
 RSS_GOAL_BYTES = 1.5e9
 
 
@@ -523,6 +525,8 @@ def residual_section(
             "plain read of Y (same)",
             fmt_s(rd),
             fmt_ratio(t_corr, rd),
+            f"<= {CORR_RATIO_GOAL:g}x",
+            t_corr <= CORR_RATIO_GOAL * rd,
         ),
         GoalRow(
             "peak RSS, residual pass (child, VmHWM)",

@@ -7,11 +7,12 @@ those of :func:`caiman_dask.project` on the whole movie, whatever the block size
 both fold the same units in the same order with the same state objects:
 
 - frames are grouped into canonical blocks (:func:`~._statistics.canonical_frames`, counted
-  from the first frame sent) — a movie ``Y + factored`` (residuals, ``raw − rcb``) without
-  ``"corr"`` folds each block frame by frame in the fused kernel's
-  :class:`~._moment_kernels.MomentsState` (no buffer); other streaming movies reduce each
-  block with :func:`~._streaming.block_stats` (the block's frames are buffered until it is
-  complete);
+  from the first frame sent) — a movie ``Y + factored`` (residuals, ``raw − rcb``) folds each
+  block frame by frame in the fused kernel's :class:`~._moment_kernels.MomentsState` (with
+  ``"corr"`` on 2D frames, :class:`~._corr_kernels.CorrMomentsState`; no buffer); a CNMF-E
+  ring movie buffers the block's frames and traces for :func:`~._ring_pass.ring_block_stats`;
+  other streaming movies reduce each block with :func:`~._streaming.block_stats` (the block's
+  frames are buffered until it is complete);
 - completed blocks are merged as a binary counter merges them, which is
   :func:`~._statistics.merge_tree`'s order; the open block joins as the last one.
 
@@ -30,7 +31,7 @@ from ._description import Description
 from ._frames import Frames, RingOperands, evaluate
 from ._index import full_crop
 from ._model import CNMFModel
-from ._moment_kernels import MomentsState, prepare_moments
+from ._moment_kernels import prepare_moments
 from ._movie import Movie, residuals
 from ._ring_pass import ring_block_stats, ring_coefficients
 from ._statistics import (
@@ -41,6 +42,7 @@ from ._statistics import (
     _kinds,
     _merge_stats,
     canonical_frames,
+    fold_state,
     fused,
     images,
 )
@@ -65,7 +67,7 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
         self._ring = None if self._corr else ring_coefficients(self._desc)
         self.n = 0  #: frames folded so far
         self._stack: list[tuple[int, dict[str, Any]]] = []  # (blocks, merged stats)
-        self._open: MomentsState | list[Any] | None = None
+        self._open: Any = None  # the open block: a fold state, or its buffered parts
         self._open_n = 0
         self._traces: dict[str, list[np.ndarray]] = {}
         if self._fused:
@@ -203,8 +205,8 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
         ft = None if fb is None else part["f"][fb.columns].T
         if self._fused:
             if self._open is None:
-                self._open = MomentsState(self._op)
-            assert isinstance(self._open, MomentsState)
+                self._open = fold_state(self._op, self.movie.model.dims, self._corr)
+            assert not isinstance(self._open, list)
             Y = part["Y"]
             self._open.update(np.ascontiguousarray(Y).reshape(n, -1), ct, ft)
         else:
@@ -235,10 +237,12 @@ class Accumulator(Generator[dict[str, np.ndarray], Block, None]):
     def _close_stats(self) -> dict[str, Any]:
         """The statistics of the open block (kept open: more frames may follow)."""
         dims = self.movie.model.dims
-        if isinstance(self._open, MomentsState):
+        if self._open is not None and not isinstance(self._open, list):
             with np.errstate(invalid="ignore", over="ignore"):  # (non-finite: reported later)
                 result = self._open.result()
-            return {k: v if k == "n" else np.reshape(v, dims) for k, v in result.items()}
+            return {
+                k: v if k in ("n", "comoment") else np.reshape(v, dims) for k, v in result.items()
+            }
         assert isinstance(self._open, list)
         if self._ring:
             Y = np.concatenate([y for y, _ in self._open], axis=0)

@@ -84,7 +84,7 @@ def _shares(n: int, parts: int) -> list[int]:
     return [k * n // parts for k in range(parts + 1)]
 
 
-def _in_parallel(run: Callable[[Any], None], parts: Sequence[Any]) -> None:
+def _in_parallel(run: Callable[[Any], object], parts: Sequence[Any]) -> None:
     """``run(part)`` for every part: the first on this thread, the others on the pool."""
     futures = [_pool().submit(run, p) for p in parts[1:]]
     run(parts[0])
@@ -214,7 +214,7 @@ def _ring_evaluate(
     Z = np.empty_like(X)
     parts = CORES if split and CORES > 1 and L.nnz * n >= PARALLEL_NNZ else 1
 
-    def shared(run: Callable[[range], None], size: int) -> None:
+    def shared(run: Callable[[range], object], size: int) -> None:
         """``run`` over ``parts`` shares of ``range(size)`` (the first on this thread)."""
         _in_parallel(run, [range(a, b) for a, b in pairwise(_shares(size, parts))])
 

@@ -42,6 +42,7 @@ from dask.base import tokenize
 
 from . import _streaming, _structured
 from ._compute import compute
+from ._corr_kernels import CorrMomentsState
 from ._description import Description, Factor
 from ._frame_kernels import frame_rows, frames
 from ._graph import (
@@ -54,7 +55,7 @@ from ._graph import (
     y_blocks,
 )
 from ._index import Window, frame_window
-from ._moment_kernels import MomentsState, prepare_moments
+from ._moment_kernels import MomentsOperator, MomentsState, prepare_moments
 from ._options import choose
 from ._ring_pass import ring_block_stats_as_stored, ring_coefficients, to_c_order
 from .errors import NaNWarning, OptionError
@@ -341,9 +342,9 @@ def canonical_chunks(n: int, frames: int) -> tuple[int, ...]:
 
 
 def fused(desc: Description, corr: bool) -> bool:
-    """Whether a movie's statistics come from the fused one-pass kernel (``Y + factored``,
-    without neighbour co-moments)."""
-    return desc.y == 1.0 and desc.ring == 0.0 and not corr
+    """Whether a movie's statistics come from a fused one-pass kernel (``Y + factored``; the
+    neighbour co-moments of ``"corr"`` too for 2D frames)."""
+    return desc.y == 1.0 and desc.ring == 0.0 and (not corr or len(desc.model.dims) == 2)
 
 
 def _traces_of(c: Sequence[Any], n: int) -> np.ndarray:
@@ -361,17 +362,24 @@ def _residual_block_moments(
     f: np.ndarray | None,
     *,
     dims: tuple[int, ...],
+    corr: bool = False,
 ) -> dict[str, Any]:
-    """Mean / M2 / min / max of one block of ``Y − (b·f + A·C)`` in one fused pass (the block
-    of the movie itself is never stored)."""
+    """Mean / M2 / min / max (and with ``corr`` the neighbour co-moments) of one block of
+    ``Y − (b·f + A·C)`` in one fused pass (the block of the movie itself is never stored)."""
     rows, fortran = frame_rows(y)
-    state = MomentsState(mop_F if fortran else mop_C)
-    state.update(rows, _traces_of(c, y.shape[0]), None if f is None else np.asarray(f).T)
     shape = dims[::-1] if fortran else dims
+    state = fold_state(mop_F if fortran else mop_C, shape, corr)
+    state.update(rows, _traces_of(c, y.shape[0]), None if f is None else np.asarray(f).T)
     stats: dict[str, Any] = {
-        k: v if k == "n" else np.reshape(v, shape) for k, v in state.result().items()
+        k: v if k in ("n", "comoment") else np.reshape(v, shape) for k, v in state.result().items()
     }
     return _streaming.stats_to_c_order(stats, dims) if fortran else stats
+
+
+def fold_state(op: MomentsOperator, shape: tuple[int, ...], corr: bool) -> Any:
+    """The running statistics of a fused pass over frames of ``shape`` (in ``op``'s pixel
+    order): with ``corr``, the neighbour co-moments too (2D frames)."""
+    return CorrMomentsState(op, (shape[0], shape[1])) if corr else MomentsState(op)
 
 
 @_quiet
@@ -426,12 +434,13 @@ def _from_y_parts(mv: MovieLike, corr: bool, start: int, stop: int) -> list[Any]
     opsA = [footprint_op(desc, dt, o).to_delayed().ravel()[0] for o in ("C", "F")]
     bops = [background_op(desc, dt, o) for o in ("C", "F")]
     opsB = [None if b is None else b.to_delayed().ravel()[0] for b in bops]
-    if not corr:  # the fused one-pass kernel, its operators prepared once per layout
+    if fused(desc, corr):  # the fused one-pass kernel, its operators prepared once per layout
         prep = dask.delayed(prepare_moments, pure=True)
         mops = [prep(opsA[0], opsB[0]), prep(opsA[1], opsB[1])]
         moments = dask.delayed(_residual_block_moments, pure=True)
         return [
-            moments(yb, *mops, cb, f, dims=m.dims) for yb, cb, f in zip(ys, cs, fs, strict=True)
+            moments(yb, *mops, cb, f, dims=m.dims, corr=corr)
+            for yb, cb, f in zip(ys, cs, fs, strict=True)
         ]
     fn = dask.delayed(_residual_block_stats, pure=True)
     return [
