@@ -47,24 +47,31 @@ def ring_inputs(
     half = cols // 2
     for qr in range(qr0, qr1):
         q0 = qr * dcols
-        for t in range(n):
+        k0 = row_ptr[qr]
+        if s == 2 and row_ptr[qr + 1] - k0 == 2:  # both rows of the block at once
+            ra = row_idx[k0]
+            rb = row_idx[k0 + 1]
+            for t in range(n):
+                ya = y[t, ra]
+                yb = y[t, rb]
+                bt = buf[t]
+                for c in range(half):
+                    pa = np.float64(ya[2 * c]) + np.float64(ya[2 * c + 1])
+                    bt[c] = pa + (np.float64(yb[2 * c]) + np.float64(yb[2 * c + 1]))
+                if cols % 2:
+                    bt[half] = np.float64(ya[cols - 1]) + np.float64(yb[cols - 1])
+                for c in range(dcols):
+                    bt[c] = bt[c] * inv[q0 + c] - b0_ds[q0 + c]
+        else:
+            _rows_sums(y, buf, row_ptr, row_idx, qr, q0, s, dcols, inv, b0_ds)
+        if n == 1:  # (one frame: the footprint term and the write in one loop)
+            b0r = buf[0]
             for c in range(dcols):
-                buf[t, c] = 0.0
-            for k in range(row_ptr[qr], row_ptr[qr + 1]):
-                r = row_idx[k]
-                if s == 2:
-                    for c in range(half):
-                        buf[t, c] += np.float64(y[t, r, 2 * c]) + np.float64(y[t, r, 2 * c + 1])
-                    if cols % 2:
-                        buf[t, half] += np.float64(y[t, r, cols - 1])
-                else:
-                    for cq in range(dcols):
-                        acc = 0.0
-                        for c in range(cq * s, min(cols, cq * s + s)):
-                            acc += np.float64(y[t, r, c])
-                        buf[t, cq] += acc
-            for c in range(dcols):
-                buf[t, c] = buf[t, c] * inv[q0 + c] - b0_ds[q0 + c]
+                v = b0r[c]
+                for j in range(da_ptr[q0 + c], da_ptr[q0 + c + 1]):
+                    v -= da_val[j] * C[da_idx[j], 0]
+                out[q0 + c, 0] = v
+            continue
         for c in range(dcols):
             for j in range(da_ptr[q0 + c], da_ptr[q0 + c + 1]):
                 a = da_val[j]
@@ -74,6 +81,32 @@ def ring_inputs(
         for c in range(dcols):
             for t in range(n):
                 out[q0 + c, t] = buf[t, c]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rows_sums(y, buf, row_ptr, row_idx, qr, q0, s, dcols, inv, b0_ds):  # pragma: no cover
+    """The general case of :func:`ring_inputs`: any block size, any number of rows per
+    block (3D frames, ragged edges), added row by row."""
+    n, _, cols = y.shape
+    half = cols // 2
+    for t in range(n):
+        for c in range(dcols):
+            buf[t, c] = 0.0
+        for k in range(row_ptr[qr], row_ptr[qr + 1]):
+            r = row_idx[k]
+            if s == 2:
+                for c in range(half):
+                    buf[t, c] += np.float64(y[t, r, 2 * c]) + np.float64(y[t, r, 2 * c + 1])
+                if cols % 2:
+                    buf[t, half] += np.float64(y[t, r, cols - 1])
+            else:
+                for cq in range(dcols):
+                    acc = 0.0
+                    for c in range(cq * s, min(cols, cq * s + s)):
+                        acc += np.float64(y[t, r, c])
+                    buf[t, cq] += acc
+        for c in range(dcols):
+            buf[t, c] = buf[t, c] * inv[q0 + c] - b0_ds[q0 + c]
 
 
 @numba.njit(cache=True, nogil=True)
