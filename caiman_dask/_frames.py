@@ -214,26 +214,39 @@ def _ring_evaluate(
     Z = np.empty_like(X)
     parts = CORES if split and CORES > 1 and L.nnz * n >= PARALLEL_NNZ else 1
 
+    def shares(size: int) -> list[range]:
+        return [range(a, b) for a, b in pairwise(_shares(size, parts))]
+
     def shared(run: Callable[[range], object], size: int) -> None:
         """``run`` over ``parts`` shares of ``range(size)`` (the first on this thread)."""
-        _in_parallel(run, [range(a, b) for a, b in pairwise(_shares(size, parts))])
+        _in_parallel(run, shares(size))
 
+    # Y as it was read (or gathered): the frame kernel takes either pixel order
+    Yv = rows.reshape((n, *dims[::-1])).transpose(0, *range(len(dims), 0, -1)) if fortran else Y
+    factored = plan.reuse is not None or A.shape[1] or (b is not None and b.shape[1])
+    residuals = plan.y == 1.0 and plan.reuse == -1.0 and plan.ring == -1.0
+    n_rows_c = len(L.c_rows[0]) - 1
+    if residuals and parts > 1 and fused(Yv, P):
+        # the cores share each step; Y − A·C (its pixel bands) beside X (its rows)
+        x_parts, bands = shares(L.n_rows_ds), shares(n_bands(P))
+
+        def first(i: int) -> None:
+            ring_x(L, rows, ring.Ct, dt, X, x_parts[i])
+            residual_bands(out, ring.A, ring.Ct, None, None, Yv, bands[i])
+
+        _in_parallel(first, range(parts))
+        shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
+        shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
+        return
     shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
     shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
-    n_rows_c = len(L.c_rows[0]) - 1
-    factored = plan.reuse is not None or A.shape[1] or (b is not None and b.shape[1])
     if plan.y == 0.0 and not factored:  # the background (times a number)
         shared(lambda r: ring_combine(op, L, out, Z, False, r), n_rows_c)
         if plan.ring != 1.0:
             out *= dt.type(plan.ring)
         return
-    # Y as it was read (or gathered): the frame kernel takes either pixel order
-    Yv = rows.reshape((n, *dims[::-1])).transpose(0, *range(len(dims), 0, -1)) if fortran else Y
-    if plan.y == 1.0 and plan.reuse == -1.0 and plan.ring == -1.0:  # the residuals
-        if parts > 1 and fused(Yv, P):  # the cores share the frame's pixel bands
-            shared(lambda r: residual_bands(out, ring.A, ring.Ct, None, None, Yv, r), n_bands(P))
-        else:
-            frames(out, ring.A, ring.Ct, None, None, Yv)
+    if residuals:
+        frames(out, ring.A, ring.Ct, None, None, Yv)
         shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
         return
     B = np.empty((n, P), dt)
