@@ -421,6 +421,9 @@ class RingLayout:
 
     DA
         CSR ``D·A`` ``(P_ds, K)``, float64.
+    da_rows, da_rstart
+        ``DA``'s non-empty rows (int64, increasing) and, per downsampled row, where its
+        blocks start among them.
     moments
         The footprints prepared for :func:`~._ring_kernels.ring_fold` (this order).
     """
@@ -443,6 +446,8 @@ class RingLayout:
     c_rows: tuple[np.ndarray, np.ndarray]
     own: np.ndarray
     DA: sp.csr_matrix
+    da_rows: np.ndarray
+    da_rstart: np.ndarray
     moments: MomentsOperator
 
     @property
@@ -534,6 +539,8 @@ def _layout(
         c_rows=(row_ptr, row_idx) if c_rows is None else c_rows,
         own=own,
         DA=DA,
+        da_rows=(da_rows := np.flatnonzero(np.diff(DA.indptr)).astype(np.int64)),
+        da_rstart=np.searchsorted(da_rows, np.arange(len(row_ptr)) * dims_ds[-1]).astype(np.int64),
         moments=prepare_moments(sp.csc_matrix(A), None),
     )
 
@@ -733,6 +740,8 @@ def ring_x(
         L.dims_ds[-1],
         L.inv,
         L.b0_ds,
+        L.da_rstart,
+        L.da_rows,
         DA.indptr,
         DA.indices,
         DA.data,

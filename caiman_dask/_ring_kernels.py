@@ -30,14 +30,30 @@ __all__ = ["combine", "ds_moments", "ring_fold", "ring_inputs", "spmm"]
 
 @numba.njit(cache=True, nogil=True)
 def ring_inputs(
-    y, row_ptr, row_idx, s, dcols, inv, b0_ds, da_ptr, da_idx, da_val, C, out, qr0, qr1
+    y,
+    row_ptr,
+    row_idx,
+    s,
+    dcols,
+    inv,
+    b0_ds,
+    da_rstart,
+    da_rows,
+    da_ptr,
+    da_idx,
+    da_val,
+    C,
+    out,
+    qr0,
+    qr1,
 ):  # pragma: no cover - compiled
     """``out[q, t] = mean of Y_t over block q − (D·A·C)[q, t] − (D·b0)[q]`` in ``out``'s dtype.
 
     ``y`` ``(n, rows, cols)``, C-contiguous frames (any real dtype); ``row_ptr`` /
     ``row_idx``: the frame rows of each downsampled row (CSR); a frame row's column ``c`` falls
     in downsampled column ``c // s``; ``inv`` ``(P_ds,)``: 1 / pixels per block; ``da_*``: CSR
-    of ``D·A`` ``(P_ds, K)``; ``C`` ``(K, n)`` float64; ``out`` ``(P_ds, n)``. Sums and the
+    of ``D·A`` ``(P_ds, K)``, with ``da_rows`` its non-empty rows and ``da_rstart`` where each
+    downsampled row's start in them; ``C`` ``(K, n)`` float64; ``out`` ``(P_ds, n)``. Sums and the
     subtraction are float64, rounded once. Downsampled rows ``qr0:qr1`` (independent: threads
     can share a frame), frames inside, so a row's accumulators stay in cache and ``out`` is
     written once, contiguously.
@@ -64,23 +80,22 @@ def ring_inputs(
                     bt[c] = bt[c] * inv[q0 + c] - b0_ds[q0 + c]
         else:
             _rows_sums(y, buf, row_ptr, row_idx, qr, q0, s, dcols, inv, b0_ds)
-        if n == 1:  # (one frame: the footprint term and the write in one loop)
-            b0r = buf[0]
-            for c in range(dcols):
-                v = b0r[c]
-                for j in range(da_ptr[q0 + c], da_ptr[q0 + c + 1]):
-                    v -= da_val[j] * C[da_idx[j], 0]
-                out[q0 + c, 0] = v
-            continue
-        for c in range(dcols):
-            for j in range(da_ptr[q0 + c], da_ptr[q0 + c + 1]):
+        for ii in range(da_rstart[qr], da_rstart[qr + 1]):  # blocks some footprint covers
+            q = da_rows[ii]
+            c = q - q0
+            for j in range(da_ptr[q], da_ptr[q + 1]):
                 a = da_val[j]
                 i = da_idx[j]
                 for t in range(n):
                     buf[t, c] -= a * C[i, t]
-        for c in range(dcols):
-            for t in range(n):
-                out[q0 + c, t] = buf[t, c]
+        if n == 1:  # (a contiguous copy: it vectorises)
+            b0r = buf[0]
+            for c in range(dcols):
+                out[q0 + c, 0] = b0r[c]
+        else:
+            for c in range(dcols):
+                for t in range(n):
+                    out[q0 + c, t] = buf[t, c]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
