@@ -78,8 +78,9 @@ F = TypeVar("F", bound=Any)
 Kind = Literal["mean", "std", "min", "max", "corr"]
 #: The projections :func:`project` computes.
 KINDS: tuple[Kind, ...] = get_args(Kind)
-#: Frames per canonical block of the fused pass (``Y + factored`` movies without ``"corr"``):
-#: each block is folded frame by frame, so it needs no buffer.
+#: Frames per canonical block of the fused pass (``Y + factored`` movies; twice as many with
+#: ``"corr"``, whose per-block state is larger): each block is folded frame by frame, so it
+#: needs no buffer.
 FOLD_FRAMES = 512
 #: Bytes of one canonical block of a movie's frames for :func:`_streaming.block_stats` (two
 #: passes over the block: it is held in memory).
@@ -328,7 +329,7 @@ def canonical_frames(mv: MovieLike, corr: bool) -> int:
     """Frames per canonical block of ``mv``'s pass (the unit both the dask pass and a stream
     fold, whatever the chunks of ``Y``)."""
     if fused(mv.description, corr):
-        return FOLD_FRAMES
+        return 2 * FOLD_FRAMES if corr else FOLD_FRAMES
     frame_bytes = math.prod(mv.shape[1:]) * np.dtype(mv.dtype).itemsize
     if not corr and ring_coefficients(mv.description) is not None:
         return max(1, RING_BLOCK_BYTES // max(1, frame_bytes))
