@@ -221,6 +221,13 @@ def _ring_evaluate(
         """``run`` over ``parts`` shares of ``range(size)`` (the first on this thread)."""
         _in_parallel(run, shares(size))
 
+    def z_and_combine(r: range, subtract: bool) -> None:
+        """``Z`` on the C grid's rows ``r`` (``W``'s rows are in C order), then the frames'
+        pixels they cover: a share needs no other share's ``Z``."""
+        w = op.dims_ds[-1]
+        ring_z_into(L, X, Z, range(r.start * w, r.stop * w))
+        ring_combine(op, L, out, Z, subtract, r)
+
     # Y as it was read (or gathered): the frame kernel takes either pixel order
     Yv = rows.reshape((n, *dims[::-1])).transpose(0, *range(len(dims), 0, -1)) if fortran else Y
     factored = plan.reuse is not None or A.shape[1] or (b is not None and b.shape[1])
@@ -235,16 +242,15 @@ def _ring_evaluate(
             residual_bands(out, ring.A, ring.Ct, None, None, Yv, bands[i])
 
         _in_parallel(first, range(parts))
-        shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
-        shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
+        shared(lambda r: z_and_combine(r, True), n_rows_c)
         return
     shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
-    shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
     if plan.y == 0.0 and not factored:  # the background (times a number)
-        shared(lambda r: ring_combine(op, L, out, Z, False, r), n_rows_c)
+        shared(lambda r: z_and_combine(r, False), n_rows_c)
         if plan.ring != 1.0:
             out *= dt.type(plan.ring)
         return
+    shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
     if residuals:
         frames(out, ring.A, ring.Ct, None, None, Yv)
         shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
