@@ -208,11 +208,16 @@ def _ring_evaluate(
     n, dt, dims = out.shape[0], plan.dtype, plan.dims
     P = math.prod(dims)
     op = ring.op
+    parts = CORES if split and CORES > 1 and op.W.nnz * n >= PARALLEL_NNZ else 1
+    if parts > 1 and pixel_major(Y, P):  # a CaImAn order-C memmap: the cores gather the frames
+        z = np.empty((n, Y.shape[2], Y.shape[1]), Y.dtype)
+        pixels = [range(a, b) for a, b in pairwise(_shares(P, parts))]
+        _in_parallel(lambda part: gather_pixel_major(z, Y, part), pixels)
+        Y = z.transpose(0, 2, 1)
     rows, fortran = frame_rows(Y)
     L = op.layout(fortran)
     X = np.empty((L.n_pixels_ds, n), dt)
     Z = np.empty_like(X)
-    parts = CORES if split and CORES > 1 and L.nnz * n >= PARALLEL_NNZ else 1
 
     def shares(size: int) -> list[range]:
         return [range(a, b) for a, b in pairwise(_shares(size, parts))]

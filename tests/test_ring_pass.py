@@ -207,3 +207,22 @@ def test_nonfinite_movie_pixels_are_nan():
         for k in STATS:
             np.testing.assert_array_equal(np.isnan(x[k]), np.isnan(x["mean"]))
     assert np.isnan(res["mean"]).sum() > 1  # (the ring spreads it to its neighbours)
+
+
+@pytest.mark.parametrize("layout", ["array", "F", "C"])
+def test_frames_shared_by_the_cores(monkeypatch, tmp_path, layout):
+    """``rcb[t]``/``res[t]`` of few frames share their work between the cores (forced here on
+    a small model): the same frames, bit for bit, as one thread computes them."""
+    from caiman_dask import _frames
+
+    m, *_, ref_B, ref_R = _model((31, 26), 2, T=12, layout=layout, tmp=tmp_path, seed=4)
+    rcb, res = cd.rcb(m), cd.residuals(m)
+    one = {name: [mv[t] for t in range(12)] for name, mv in (("rcb", rcb), ("res", res))}
+    monkeypatch.setattr(_frames, "PARALLEL_NNZ", 0)
+    monkeypatch.setattr(_frames, "CORES", 2)
+    rcb2, res2 = cd.rcb(m), cd.residuals(m)  # (fresh engines)
+    for name, mv, ref in (("rcb", rcb2, ref_B), ("res", res2, ref_R)):
+        for t in range(12):
+            got = mv[t]
+            np.testing.assert_array_equal(got, one[name][t])
+            assert_close_scaled(got, ref[t])
