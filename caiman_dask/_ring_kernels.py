@@ -153,25 +153,32 @@ def combine(out, b0, Z, row_ptr, row_idx, s, dcols, subtract, qr0, qr1):  # prag
     dtype) written (``subtract`` false) or subtracted from ``out``; ``Z`` ``(P_ds, n)`` in C
     order of the grid, ``row_ptr`` / ``row_idx`` the C grid's rows (as :func:`ring_inputs`).
 
-    Downsampled rows ``qr0:qr1`` (independent), frames inside: the rows of ``Z`` a row reads
-    stay in cache."""
+    Downsampled rows ``qr0:qr1`` (independent), frames inside: a row's values of ``Z`` are
+    first laid out frame by frame (a small transpose), so each frame reads them contiguously."""
     n, P = out.shape
     cols = P // row_idx.shape[0]
+    zt = np.empty((n, dcols), Z.dtype)
     for qr in range(qr0, qr1):
         q0 = qr * dcols
+        for c in range(dcols):
+            for t in range(n):
+                zt[t, c] = Z[q0 + c, t]
         for t in range(n):
+            zr = zt[t]
             for k in range(row_ptr[qr], row_ptr[qr + 1]):
                 p0 = row_idx[k] * cols
+                o = out[t, p0 : p0 + cols]
+                bp = b0[p0 : p0 + cols]
                 if s == 2:  # (a shift, not a division: the loop vectorises)
                     if subtract:
                         for c in range(cols):
-                            out[t, p0 + c] = out[t, p0 + c] - (b0[p0 + c] + Z[q0 + (c >> 1), t])
+                            o[c] = o[c] - (bp[c] + zr[c >> 1])
                     else:
                         for c in range(cols):
-                            out[t, p0 + c] = b0[p0 + c] + Z[q0 + (c >> 1), t]
+                            o[c] = bp[c] + zr[c >> 1]
                     continue
                 for cq in range(dcols):
-                    z = Z[q0 + cq, t]
+                    z = zr[cq]
                     a = p0 + cq * s
                     e = min(p0 + cols, a + s)
                     if subtract:
