@@ -239,15 +239,28 @@ def _ring_evaluate(
     residuals = plan.y == 1.0 and plan.reuse == -1.0 and plan.ring == -1.0
     n_rows_c = len(L.c_rows[0]) - 1
     if residuals and parts > 1 and fused(Yv, P):
-        # the cores share each step; Y − A·C (its pixel bands) beside X (its rows)
-        x_parts, bands = shares(L.n_rows_ds), shares(n_bands(P))
+        # one core computes X while another computes Y − A·C; each then takes its share of
+        # Z = W·X (once X is complete) and subtracts the background from its rows of the
+        # frames (once Y − A·C is complete): two hand-offs, no barrier between the steps
+        x_done, r_done = threading.Event(), threading.Event()
+        parts_c = shares(n_rows_c)
+        w = op.dims_ds[-1]
 
-        def first(i: int) -> None:
-            ring_x(L, rows, ring.Ct, dt, X, x_parts[i])
-            residual_bands(out, ring.A, ring.Ct, None, None, Yv, bands[i])
+        def run(i: int) -> None:
+            try:
+                if i == 0:
+                    ring_x(L, rows, ring.Ct, dt, X)
+                elif i == 1:
+                    residual_bands(out, ring.A, ring.Ct, None, None, Yv, range(n_bands(P)))
+            finally:  # (set even on failure: the other cores never wait for ever)
+                (x_done if i == 0 else r_done if i == 1 else threading.Event()).set()
+            x_done.wait()
+            r = parts_c[i]
+            ring_z_into(L, X, Z, range(r.start * w, r.stop * w))
+            r_done.wait()
+            ring_combine(op, L, out, Z, True, r)
 
-        _in_parallel(first, range(parts))
-        shared(lambda r: z_and_combine(r, True), n_rows_c)
+        _in_parallel(run, range(parts))
         return
     shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
     if plan.y == 0.0 and not factored:  # the background (times a number)
