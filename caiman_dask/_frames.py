@@ -43,7 +43,7 @@ from ._frame_kernels import (
 )
 from ._index import Crop, full_crop, time_key
 from ._io import sparse_to_scipy
-from ._ring import RingOperator, prepare_ring, ring_combine, ring_x, ring_z_into
+from ._ring import RingLayout, RingOperator, prepare_ring, ring_combine, ring_x, ring_z_into
 from .errors import NaNWarning
 
 __all__ = [
@@ -195,9 +195,11 @@ def _ring_evaluate(
     Y: np.ndarray,
     ring: RingOperands,
     split: bool,
+    given: RingBlock | None = None,
 ) -> None:
     """:func:`evaluate` with the ring background ``B = b0 + U(W·(D·Y − (D·A)·C − D·b0))``
-    (full frames).
+    (full frames); ``given``: the block's ``X`` and ``Z``, computed once for several movies
+    (:func:`ring_block`).
 
     The background ``b0 + U(Z)`` is written straight into ``out``; residuals ``Y − A·C − B``
     are ``Y − A·C`` (the frame kernel) with ``B`` subtracted in place, rounded as
@@ -209,15 +211,19 @@ def _ring_evaluate(
     P = math.prod(dims)
     op = ring.op
     parts = CORES if split and CORES > 1 and op.W.nnz * n >= PARALLEL_NNZ else 1
-    if parts > 1 and pixel_major(Y, P):  # a CaImAn order-C memmap: the cores gather the frames
-        z = np.empty((n, Y.shape[2], Y.shape[1]), Y.dtype)
-        pixels = [range(a, b) for a, b in pairwise(_shares(P, parts))]
-        _in_parallel(lambda part: gather_pixel_major(z, Y, part), pixels)
-        Y = z.transpose(0, 2, 1)
-    rows, fortran = frame_rows(Y)
-    L = op.layout(fortran)
-    X = np.empty((L.n_pixels_ds, n), dt)
-    Z = np.empty_like(X)
+    if given is not None:
+        parts = 1
+        rows, fortran, L, X, Z = given.rows, given.fortran, given.L, given.X, given.Z
+    else:
+        if parts > 1 and pixel_major(Y, P):  # a CaImAn order-C memmap: the cores gather it
+            z = np.empty((n, Y.shape[2], Y.shape[1]), Y.dtype)
+            pixels = [range(a, b) for a, b in pairwise(_shares(P, parts))]
+            _in_parallel(lambda part: gather_pixel_major(z, Y, part), pixels)
+            Y = z.transpose(0, 2, 1)
+        rows, fortran = frame_rows(Y)
+        L = op.layout(fortran)
+        X = np.empty((L.n_pixels_ds, n), dt)
+        Z = np.empty_like(X)
 
     def shares(size: int) -> list[range]:
         return [range(a, b) for a, b in pairwise(_shares(size, parts))]
@@ -262,13 +268,18 @@ def _ring_evaluate(
 
         _in_parallel(run, range(parts))
         return
-    shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
+    if given is None:
+        shared(lambda r: ring_x(L, rows, ring.Ct, dt, X, r), L.n_rows_ds)
     if plan.y == 0.0 and not factored:  # the background (times a number)
-        shared(lambda r: z_and_combine(r, False), n_rows_c)
+        if given is None:
+            shared(lambda r: z_and_combine(r, False), n_rows_c)
+        else:
+            ring_combine(op, L, out, Z, False)
         if plan.ring != 1.0:
             out *= dt.type(plan.ring)
         return
-    shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
+    if given is None:
+        shared(lambda r: ring_z_into(L, X, Z, r), L.n_pixels_ds)
     if residuals:
         frames(out, ring.A, ring.Ct, None, None, Yv)
         shared(lambda r: ring_combine(op, L, out, Z, True, r), n_rows_c)
@@ -297,6 +308,44 @@ def _ring_evaluate(
         term = B if plan.ring == 1.0 else B * dt.type(plan.ring)
         res = term if acc is None else acc + term
     out[...] = res
+
+
+@dataclass(frozen=True)
+class RingBlock:
+    """A block's frames as stored (rows, pixel order), its ``X = D·Y − (D·A)·C − D·b0`` and
+    ``Z = W·X``: what every ring movie of the block is made from."""
+
+    rows: np.ndarray
+    fortran: bool
+    L: RingLayout
+    X: np.ndarray
+    Z: np.ndarray
+
+
+def ring_block(Y: np.ndarray, ring: RingOperands, dtype: np.dtype) -> RingBlock:
+    """:class:`RingBlock` of frames ``Y`` (one thread: the same numbers as each movie's own
+    block computes)."""
+    rows, fortran = frame_rows(Y)
+    L = ring.op.layout(fortran)
+    X = ring_x(L, rows, ring.Ct, dtype)
+    Z = np.empty_like(X)
+    ring_z_into(L, X, Z, range(L.n_pixels_ds))
+    return RingBlock(rows, fortran, L, X, Z)
+
+
+def evaluate_ring_movies(
+    outs: Sequence[np.ndarray], plans: Sequence[Plan], Y: np.ndarray, ring: RingOperands
+) -> None:
+    """Frames of several movies ``cy·Y + ca·A·C + cr·B`` of one ring model (their factored
+    part empty or ``c·A·C``) into ``outs``, the block's background computed once; each
+    movie's frames are bitwise those :func:`evaluate` gives it alone."""
+    dt = plans[0].dtype
+    given = ring_block(Y, ring, dt)
+    n = Y.shape[0]
+    A = scipy.sparse.csc_matrix((math.prod(plans[0].dims), 0), dtype=dt)
+    none = np.zeros((n, 0), dt)
+    for out, plan in zip(outs, plans, strict=True):
+        _ring_evaluate(out, plan, A, none, None, None, Y, ring, False, given)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ._frames import (
     RingOperands,
     blocks_to_scipy,
     evaluate,
+    evaluate_ring_movies,
     kernel_sign,
     prepare_background,
     prepare_footprints,
@@ -39,6 +40,8 @@ __all__ = [
     "footprint_op",
     "movie_graph",
     "op_array",
+    "ring_movies_graph",
+    "ring_op",
     "single",
     "trace_blocks",
     "y_blocks",
@@ -231,6 +234,50 @@ def _movie_block(
         # are the values counted)
         warn_nonfinite("the frames of this block", out)
     return out.reshape((n, *plan.dims))
+
+
+def _ring_movies_block(y: Any, ring: Any, ring_c: Any, *, plans: list[Plan]) -> np.ndarray:
+    """One block ``(k, n, *dims)`` of several ring movies: :func:`~._frames.evaluate_ring_movies`
+    (the block's background computed once)."""
+    Y = single(y)
+    n = Y.shape[0]
+    dt = plans[0].dtype
+    op, A_all = single(ring)
+    ring_ops = RingOperands(op, A_all, np.ascontiguousarray(np.asarray(single(ring_c)).T, dt))
+    P = math.prod(plans[0].dims)
+    out = np.empty((len(plans), n, P), dt)
+    evaluate_ring_movies(list(out), plans, Y, ring_ops)
+    return out.reshape((len(plans), n, *plans[0].dims))
+
+
+def ring_movies_graph(
+    descs: list[Description], dtype: np.dtype, chunks: tuple[int, ...], label: str = "ring-movies"
+) -> da.Array:
+    """Several movies ``cy·Y + ca·A·C + cr·B`` of one ring model (the factored part empty or
+    ``c·A·C``: :meth:`~._description.Description.uniform_rcm`) stacked ``(k, T, *dims)`` in
+    time chunks ``chunks``: each block computes its background once for all of them, and
+    ``stack[j]`` has bitwise the blocks of ``movie_graph(descs[j], ...)``."""
+    desc = descs[0]
+    m = desc.model
+    dt = np.dtype(dtype)
+    letters = "ijl"[: len(m.dims)]
+    name = f"{label}-{tokenize([d.token for d in descs], dt, tuple(chunks))}"
+    return da.blockwise(
+        _ring_movies_block,
+        "st" + letters,
+        y_blocks(desc, chunks),
+        "t" + letters,
+        ring_op(desc, dt),
+        "x",
+        m.C.rechunk({0: -1, 1: chunks}),
+        "ct",
+        new_axes={"s": len(descs), **dict(zip(letters, m.dims, strict=True))},
+        concatenate=False,
+        dtype=dt,
+        meta=np.empty((0,) * (len(m.dims) + 2), dt),
+        name=name,
+        plans=[Plan.of(d, dt) for d in descs],
+    )
 
 
 def movie_graph(

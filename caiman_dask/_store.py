@@ -45,9 +45,11 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from ._compute import compute
+from ._graph import ring_movies_graph
 from ._model import CNMFModel, _sparse_compute
 from ._movie import rcb, rcm, residuals
 from ._options import choose, positive_int
+from ._ring_pass import ring_coefficients
 from ._statistics import (
     KINDS,
     Kind,
@@ -557,6 +559,7 @@ def _export(
     targets: list[Any] = []  # (zarr arrays behind a marker: da.store's ArrayLike)
     regions: list[tuple[slice, ...]] = []
     fused: list[tuple[Any, Any]] = []
+    shared = _shared_ring_units(built, unit, model.T)
     for n, mv in built.items():
         store_dtype = mv.dtype if store_dt is None else store_dt
         arr = _movie_array(
@@ -565,14 +568,17 @@ def _export(
         nunits = -(-model.T // unit)
         marks = _marker_array(prog, n, nunits, zarr_format)
         done = _done_units(marks)
-        units = _as_write_units(mv, unit, store_dtype, model.T)
+        native = shared.get(n)
+        if native is None:
+            native = _as_write_units(mv, unit, mv.dtype, model.T)
+        units = native if native.dtype == store_dtype else native.astype(store_dtype)
         if (
             kinds
             and mv.description.streaming
             and not done.any()
             and not _step_done(prog, f"projections-{n}", zarr_format)
         ):
-            fused.append((mv, stats_of_blocks(_as_write_units(mv, unit, mv.dtype, model.T), corr)))
+            fused.append((mv, stats_of_blocks(native, corr)))
         for i in np.flatnonzero(~done):
             t0, t1 = int(i) * unit, min(model.T, (int(i) + 1) * unit)
             sources.append(units.blocks[int(i)])
@@ -755,6 +761,28 @@ class _MarkedTarget:
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         self.arr[key] = value
         self.marks[self.unit] = 1
+
+
+def _shared_ring_units(built: Mapping[str, Any], unit: int, T: int) -> dict[str, da.Array]:
+    """Write units of the CNMF-E ring movies exported together (``rcb``, ``residuals``): one
+    graph whose blocks compute their background once for all of them (the same bytes as each
+    movie's own blocks: a resumed export may mix the two)."""
+    groups: dict[Any, list[tuple[str, Any]]] = {}
+    for n, mv in built.items():
+        if ring_coefficients(mv.description) is not None:
+            groups.setdefault((np.dtype(mv.dtype).str, mv.time_chunks), []).append((n, mv))
+    chunks = tuple([unit] * (T // unit) + ([T % unit] if T % unit else []))
+    out: dict[str, da.Array] = {}
+    for (_, time_chunks), members in groups.items():
+        if len(members) < 2:
+            continue
+        # in the movies' own chunks (their blocks of Y, so their very frames), then the units
+        descs = [mv.description for _, mv in members]
+        stack = ring_movies_graph(descs, np.dtype(members[0][1].dtype), time_chunks)
+        for j, (n, _) in enumerate(members):
+            d = stack[j]
+            out[n] = d if tuple(d.chunks[0]) == chunks else d.rechunk({0: chunks})
+    return out
 
 
 def _as_write_units(mv: Any, unit: int, dtype: np.dtype, T: int) -> da.Array:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse
+import zarr
 
 import caiman_dask as cd
 from caiman_dask import _ring_pass, _statistics
@@ -47,6 +48,7 @@ def _model(dims, ssub, *, T=23, K=4, seed=0, y_dtype=np.float64, layout="array",
         order = "F" if layout == "F" else "C"
         d3 = dims[2] if len(dims) == 3 else 1
         name = f"Yr_d1_{dims[0]}_d2_{dims[1]}_d3_{d3}_order_{order}_frames_{T}.mmap"
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         path = Path(tmp) / name
         Yr = np.stack([fr.ravel(order="F") for fr in Y], axis=1)  # (P, T)
         if order == "F":
@@ -226,3 +228,45 @@ def test_frames_shared_by_the_cores(monkeypatch, tmp_path, layout):
             got = mv[t]
             np.testing.assert_array_equal(got, one[name][t])
             assert_close_scaled(got, ref[t])
+
+
+def test_export_computes_the_background_once(monkeypatch, tmp_path):
+    """``cd.to_zarr`` of a ring model's ``rcb`` and ``residuals``: one ``W·X`` per write unit
+    for both movies, and the stored frames are the movies' own, bit for bit."""
+    from caiman_dask import _frames
+
+    m, *_ = _model((20, 24), 2, T=30, layout="F", tmp=tmp_path, seed=6)
+    calls: list[int] = []
+    real = _frames.ring_z_into
+
+    def counting(L, X, Z, rows):
+        calls.append(X.shape[1])
+        return real(L, X, Z, rows)
+
+    monkeypatch.setattr(_frames, "ring_z_into", counting)
+    out = cd.to_zarr(m, tmp_path / "e.zarr", movies=("rcb", "residuals"), projections=())
+    assert sum(calls) == 30, "each frame's background once, for both movies"
+    monkeypatch.setattr(_frames, "ring_z_into", real)
+    for name, mv in (("rcb", cd.rcb(m)), ("residuals", cd.residuals(m))):
+        stored = zarr.open_array(str(Path(out) / name / "0"), mode="r")[...]
+        np.testing.assert_array_equal(stored, mv[...])
+
+
+@pytest.mark.parametrize(("dims", "ssub"), [((13, 17), 1), ((13, 17), 2), ((14, 16), 2)])
+def test_frames_do_not_depend_on_the_movies_pixel_order(tmp_path, dims, ssub):
+    """The same float32 movie in memory (C order), as a frame-major (F) and as a pixel-major
+    memmap gives the same frames and images, bit for bit (2D, ``ssub_B`` 1 and 2: the block
+    sums and ``W``'s rows add in C's order whatever the order the frames are stored in; other
+    block sizes and 3D agree to rounding)."""
+    got = {}
+    for layout in ("array", "F", "C"):
+        m, *_ = _model(dims, ssub, y_dtype=np.float32, layout=layout, tmp=tmp_path / layout)
+        cd.forget_statistics()
+        imgs = cd.project([cd.rcb(m), cd.residuals(m)], STATS)
+        got[layout] = (cd.rcb(m)[...], cd.residuals(m)[...], imgs)
+    for layout in ("F", "C"):
+        for a, b in zip(got["array"][:2], got[layout][:2], strict=True):
+            np.testing.assert_array_equal(a, b)
+        for ia, ib in zip(got["array"][2], got[layout][2], strict=True):
+            for k in STATS:
+                np.testing.assert_array_equal(ia[k], ib[k])
