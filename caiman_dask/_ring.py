@@ -365,9 +365,6 @@ class RingOperator:
         to_f = _fortran_to_c_perm(self.dims_ds)  # W's row (Fortran) of each C-ordered block
         W_rows_c = sp.csr_matrix(self.W_f)[to_f]  # rows in C order: Z comes out in C order
         ptr_c, idx_c, qmap_c = _grid(self.dims, self.ssub_B)
-        # the same numbers as for C-ordered frames: D·b0 from the C layout, and each row of W
-        # added in the C order of its columns (the block sums follow C's order too: see
-        # ring_inputs' ``transposed``)
         return _layout(
             self.dims[::-1],
             self.ssub_B,
@@ -378,9 +375,6 @@ class RingOperator:
             qmap=qmap_c[f_to_c],
             c_rows=(ptr_c, idx_c),
             W_own=self.W_f,
-            b0_ds=self._c.b0_ds[to_f.argsort()],
-            col_rank=to_f.argsort(),
-            transposed=True,
         )
 
     @property
@@ -432,8 +426,6 @@ class RingLayout:
         blocks start among them.
     moments
         The footprints prepared for :func:`~._ring_kernels.ring_fold` (this order).
-    transposed
-        Frames in Fortran order (``dims`` reversed): the block sums then add in C's order.
     """
 
     dims: tuple[int, ...]
@@ -457,7 +449,6 @@ class RingLayout:
     da_rows: np.ndarray
     da_rstart: np.ndarray
     moments: MomentsOperator
-    transposed: bool = False
 
     @property
     def n_pixels_ds(self) -> int:
@@ -495,18 +486,10 @@ def _unsigned(a: np.ndarray) -> np.ndarray:
     return a.astype(np.uint32 if a.size == 0 or int(a.max()) < 2**32 else np.uint64)
 
 
-def _csr(W: Any, dt: np.dtype, col_rank: np.ndarray | None = None) -> sp.csr_matrix:
-    """``W`` as CSR in ``dt``, each row's entries in increasing ``col_rank[column]`` (default:
-    the column): the order the sparse product adds them in, so one rank for every pixel
-    order makes the product the same, bit for bit."""
+def _csr(W: Any, dt: np.dtype) -> sp.csr_matrix:
     W = sp.csr_matrix(W, dtype=dt)
     W.sum_duplicates()
     W.sort_indices()
-    if col_rank is not None:
-        rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
-        order = np.lexsort((col_rank[W.indices], rows))
-        W = sp.csr_matrix((W.data[order], W.indices[order], W.indptr), shape=W.shape)
-        W.has_sorted_indices = False  # (kept in this order: scipy must not re-sort it)
     return W
 
 
@@ -521,9 +504,6 @@ def _layout(
     qmap: np.ndarray | None = None,
     c_rows: tuple[np.ndarray, np.ndarray] | None = None,
     W_own: Any = None,
-    b0_ds: np.ndarray | None = None,
-    col_rank: np.ndarray | None = None,
-    transposed: bool = False,
 ) -> RingLayout:
     """:class:`RingLayout` for frames in the C order of ``dims`` (``b0``, ``A`` and ``W``'s
     columns in it; ``W``'s rows in the C order of the grid, which ``qmap`` indexes;
@@ -533,15 +513,14 @@ def _layout(
     P, Pds = math.prod(dims), math.prod(dims_ds)
     row_ptr, row_idx, own = _grid(dims, s)
     inv = _inverse_counts(dims, s).reshape(-1).astype(np.float64)
-    if b0_ds is None:
-        b0_ds = np.bincount(own, weights=np.asarray(b0, np.float64), minlength=Pds) * inv
+    b0_ds = np.bincount(own, weights=np.asarray(b0, np.float64), minlength=Pds) * inv
     D = sp.csr_matrix((inv[own], (own, np.arange(P))), shape=(Pds, P))
     A = sp.csr_matrix(A, dtype=np.float64)
     DA = sp.csr_matrix(D @ A)
     DA.sum_duplicates()
     DA.sort_indices()  # (one order of the footprint term, however A's entries were stored)
-    Wl = _csr(W, dt, col_rank)
-    Wo = Wl if W_own is None else _csr(W_own, dt, col_rank)
+    Wl = _csr(W, dt)
+    Wo = Wl if W_own is None else _csr(W_own, dt)
     return RingLayout(
         dims=dims,
         dims_ds=dims_ds,
@@ -564,7 +543,6 @@ def _layout(
         da_rows=(da_rows := np.flatnonzero(np.diff(DA.indptr)).astype(np.int64)),
         da_rstart=np.searchsorted(da_rows, np.arange(len(row_ptr)) * dims_ds[-1]).astype(np.int64),
         moments=prepare_moments(sp.csc_matrix(A), None),
-        transposed=transposed,
     )
 
 
@@ -763,7 +741,6 @@ def ring_x(
         L.dims_ds[-1],
         L.inv,
         L.b0_ds,
-        L.transposed,
         L.da_rstart,
         L.da_rows,
         DA.indptr,

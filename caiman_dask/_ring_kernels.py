@@ -37,7 +37,6 @@ def ring_inputs(
     dcols,
     inv,
     b0_ds,
-    transposed,
     da_rstart,
     da_rows,
     da_ptr,
@@ -54,11 +53,10 @@ def ring_inputs(
     ``row_idx``: the frame rows of each downsampled row (CSR); a frame row's column ``c`` falls
     in downsampled column ``c // s``; ``inv`` ``(P_ds,)``: 1 / pixels per block; ``da_*``: CSR
     of ``D·A`` ``(P_ds, K)``, with ``da_rows`` its non-empty rows and ``da_rstart`` where each
-    downsampled row's start in them; ``transposed``: the frames are Fortran-ordered (a 2×2
-    block is then added in C's order, so both orders give the same numbers); ``C`` ``(K, n)``
-    float64; ``out`` ``(P_ds, n)``. Sums and the subtraction are float64, rounded once.
-    Downsampled rows ``qr0:qr1`` (independent: threads can share a frame), frames inside, so a
-    row's accumulators stay in cache and ``out`` is written once, contiguously.
+    downsampled row's start in them; ``C`` ``(K, n)`` float64; ``out`` ``(P_ds, n)``. Sums and the
+    subtraction are float64, rounded once. Downsampled rows ``qr0:qr1`` (independent: threads
+    can share a frame), frames inside, so a row's accumulators stay in cache and ``out`` is
+    written once, contiguously.
     """
     n, _, cols = y.shape
     buf = np.empty((n, dcols))
@@ -73,14 +71,9 @@ def ring_inputs(
                 ya = y[t, ra]
                 yb = y[t, rb]
                 bt = buf[t]
-                if transposed:  # (Fortran-ordered frames: C's pairs are ya[2c], yb[2c])
-                    for c in range(half):
-                        pa = np.float64(ya[2 * c]) + np.float64(yb[2 * c])
-                        bt[c] = pa + (np.float64(ya[2 * c + 1]) + np.float64(yb[2 * c + 1]))
-                else:
-                    for c in range(half):
-                        pa = np.float64(ya[2 * c]) + np.float64(ya[2 * c + 1])
-                        bt[c] = pa + (np.float64(yb[2 * c]) + np.float64(yb[2 * c + 1]))
+                for c in range(half):
+                    pa = np.float64(ya[2 * c]) + np.float64(ya[2 * c + 1])
+                    bt[c] = pa + (np.float64(yb[2 * c]) + np.float64(yb[2 * c + 1]))
                 if cols % 2:
                     bt[half] = np.float64(ya[cols - 1]) + np.float64(yb[cols - 1])
                 for c in range(dcols):
