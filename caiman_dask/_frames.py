@@ -68,6 +68,9 @@ PARALLEL_BANDS = 4
 #: A ring background whose sparse product ``W·X`` has at least this many multiply-adds shares
 #: it between the cores when a request has fewer frames than cores (``rcb[t]``, ``res[t]``).
 PARALLEL_NNZ = 500_000
+#: The share of ``X``'s rows core 0 computes in ``res[t]`` of a ring model (core 1 computes
+#: ``Y − A·C`` and the rest: both are done at about the same time).
+RES_X_SHARE = 0.75
 CORES = os.cpu_count() or 1
 _POOL: ThreadPoolExecutor | None = None
 
@@ -248,22 +251,26 @@ def _ring_evaluate(
         # one core computes X while another computes Y − A·C; each then takes its share of
         # Z = W·X (once X is complete) and subtracts the background from its rows of the
         # frames (once Y − A·C is complete): two hand-offs, no barrier between the steps
-        x_done, r_done = threading.Event(), threading.Event()
+        # core 1 computes Y − A·C and the last rows of X while core 0 computes the others (X
+        # takes longer); once both are done, each core takes its share of W·X and of the frame
+        done = [threading.Event() for _ in range(parts)]
+        x_cut = round(L.n_rows_ds * RES_X_SHARE)
         parts_c = shares(n_rows_c)
         w = op.dims_ds[-1]
 
         def run(i: int) -> None:
             try:
                 if i == 0:
-                    ring_x(L, rows, ring.Ct, dt, X)
+                    ring_x(L, rows, ring.Ct, dt, X, range(x_cut))
                 elif i == 1:
                     residual_bands(out, ring.A, ring.Ct, None, None, Yv, range(n_bands(P)))
+                    ring_x(L, rows, ring.Ct, dt, X, range(x_cut, L.n_rows_ds))
             finally:  # (set even on failure: the other cores never wait for ever)
-                (x_done if i == 0 else r_done if i == 1 else threading.Event()).set()
-            x_done.wait()
+                done[i].set()
+            for e in done[:2]:
+                e.wait()
             r = parts_c[i]
             ring_z_into(L, X, Z, range(r.start * w, r.stop * w))
-            r_done.wait()
             ring_combine(op, L, out, Z, True, r)
 
         _in_parallel(run, range(parts))
