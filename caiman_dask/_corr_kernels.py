@@ -37,7 +37,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._moment_kernels import MomentsOperator
+from ._moment_kernels import MomentsOperator, fold
 from ._streaming import CORR_OFFSETS_2D
 from .errors import ShapeMismatchError
 
@@ -137,13 +137,6 @@ def _clear_extra(ex, pa, r0, r1, cov):  # pragma: no cover - compiled
         ex[o + 3] = 0.0
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _fold(v, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
-    """One residual ``v`` folded into a pixel's shifted sums, minimum and maximum."""
-    d = v - sh
-    return s1 + d, s2 + d * d, (v if v < lo else lo), (v if v > hi else hi)
-
-
 @numba.njit(cache=True, nogil=True)
 def _row_first(y, pa, Cc, ex, bT, ft, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
     """Frame 0 of a fresh state over the image row ``pa : pa + Cc`` (state rows ``sh`` ...
@@ -193,16 +186,16 @@ def _row4(y, t, pa, Cc, own, ex, D, od, bT, ft, sh, s1, s2, lo, hi):  # pragma: 
             mx = hi[q]
             v = ya[q] - (bq0 * fa0 + bq1 * fa1) - ex[4 * q]
             da[q] = v - shq
-            u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+            u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
             v = yb[q] - (bq0 * fb0 + bq1 * fb1) - ex[4 * q + 1]
             db[q] = v - shq
-            u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+            u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
             v = yc[q] - (bq0 * fc0 + bq1 * fc1) - ex[4 * q + 2]
             dc[q] = v - shq
-            u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+            u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
             v = yd[q] - (bq0 * fd0 + bq1 * fd1) - ex[4 * q + 3]
             dd[q] = v - shq
-            u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+            u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
             s1[q] = u1
             s2[q] = u2
             lo[q] = mn
@@ -232,7 +225,7 @@ def _row1(y, t, pa, Cc, own, ex, D, od, bT, ft, sh, s1, s2, lo, hi):  # pragma: 
             shq = sh[q]
             v = yt[q] - (b0[q] * f0 + b1[q] * f1) - ex[4 * q]
             d[q] = v - shq
-            s1[q], s2[q], lo[q], hi[q] = _fold(v, shq, s1[q], s2[q], lo[q], hi[q])
+            s1[q], s2[q], lo[q], hi[q] = fold(v, shq, s1[q], s2[q], lo[q], hi[q])
     else:
         for q in range(Cc):
             d[q] = yt[q] - (b0[q] * f0 + b1[q] * f1) - ex[4 * q] - sh[q]

@@ -18,6 +18,7 @@ __all__ = [
     "TILE",
     "MomentsOperator",
     "MomentsState",
+    "fold",
     "prepare_moments",
     "residual_moments",
     "tile_products",
@@ -120,13 +121,13 @@ def _moments_update(
                     mn = lo_t[q]
                     mx = hi_t[q]
                     v = ya[q] - (bq0 * fa0 + bq1 * fa1) - ea[q]
-                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
                     v = yb[q] - (bq0 * fb0 + bq1 * fb1) - eb[q]
-                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
                     v = yc[q] - (bq0 * fc0 + bq1 * fc1) - ec[q]
-                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
                     v = yd[q] - (bq0 * fd0 + bq1 * fd1) - ed[q]
-                    u1, u2, mn, mx = _fold(v, shq, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shq, u1, u2, mn, mx)
                     s1_t[q] = u1
                     s2_t[q] = u2
                     lo_t[q] = mn
@@ -149,15 +150,16 @@ def _moments_update(
             else:
                 for q in range(w):
                     v = yt[q] - (b0[q] * f0 + b1[q] * f1) - e[q]
-                    s1_t[q], s2_t[q], lo_t[q], hi_t[q] = _fold(
+                    s1_t[q], s2_t[q], lo_t[q], hi_t[q] = fold(
                         v, sh_t[q], s1_t[q], s2_t[q], lo_t[q], hi_t[q]
                     )
             t += 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _fold(v, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
-    """One residual ``v`` folded into a pixel's shifted sums, minimum and maximum."""
+def fold(v, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
+    """One value ``v`` folded into a pixel's shifted sums (shift ``sh``), minimum and maximum
+    (the fused kernels' one update rule: :mod:`._ring_kernels`, :mod:`._corr_kernels`)."""
     d = v - sh
     return s1 + d, s2 + d * d, (v if v < lo else lo), (v if v > hi else hi)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._moment_kernels import TILE, tile_products
+from ._moment_kernels import TILE, fold, tile_products
 
 __all__ = ["combine", "ds_moments", "ring_fold", "ring_inputs", "spmm"]
 
@@ -190,12 +190,6 @@ def combine(out, b0, Z, row_ptr, row_idx, s, dcols, subtract, qr0, qr1):  # prag
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _fold(v, sh, s1, s2, lo, hi):  # pragma: no cover - compiled
-    d = v - sh
-    return s1 + d, s2 + d * d, (v if v < lo else lo), (v if v > hi else hi)
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
 def _value(y, e, b, cy, ca, cr):  # pragma: no cover - compiled
     """``(cy·y + ca·ac) + cr·B`` in float64 (no branch: the caller passes zero frames or no
     footprints for a zero coefficient, so ``0·inf`` never happens)."""
@@ -286,13 +280,13 @@ def ring_fold(
                     mn = lo_t[r]
                     mx = hi_t[r]
                     v = _value(ya[r], ea[r], ba[r], cy, ca, cr)
-                    u1, u2, mn, mx = _fold(v, shp, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shp, u1, u2, mn, mx)
                     v = _value(yb[r], eb[r], bbb[r], cy, ca, cr)
-                    u1, u2, mn, mx = _fold(v, shp, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shp, u1, u2, mn, mx)
                     v = _value(yc[r], ec[r], bc[r], cy, ca, cr)
-                    u1, u2, mn, mx = _fold(v, shp, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shp, u1, u2, mn, mx)
                     v = _value(yd[r], ed[r], bd[r], cy, ca, cr)
-                    u1, u2, mn, mx = _fold(v, shp, u1, u2, mn, mx)
+                    u1, u2, mn, mx = fold(v, shp, u1, u2, mn, mx)
                     s1_t[r] = u1
                     s2_t[r] = u2
                     lo_t[r] = mn
@@ -303,7 +297,7 @@ def ring_fold(
                     e = ex[k]
                     for p in range(p0, p1):
                         v = _value(yt[p], e[p - p0], b0[p] + Z[qmap[p], t + k], cy, ca, cr)
-                        s1[p], s2[p], lo[p], hi[p] = _fold(v, sh[p], s1[p], s2[p], lo[p], hi[p])
+                        s1[p], s2[p], lo[p], hi[p] = fold(v, sh[p], s1[p], s2[p], lo[p], hi[p])
             for k in range(g):
                 for i in range(m):
                     ex[k, cov[c0 + i] - p0] = 0.0
