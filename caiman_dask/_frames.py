@@ -43,7 +43,15 @@ from ._frame_kernels import (
 )
 from ._index import Crop, full_crop, time_key
 from ._io import sparse_to_scipy
-from ._ring import RingLayout, RingOperator, prepare_ring, ring_combine, ring_x, ring_z_into
+from ._ring import (
+    RingBlock,
+    RingOperator,
+    prepare_ring,
+    ring_block,
+    ring_combine,
+    ring_x,
+    ring_z_into,
+)
 from .errors import NaNWarning
 
 __all__ = [
@@ -317,29 +325,6 @@ def _ring_evaluate(
     out[...] = res
 
 
-@dataclass(frozen=True)
-class RingBlock:
-    """A block's frames as stored (rows, pixel order), its ``X = D·Y − (D·A)·C − D·b0`` and
-    ``Z = W·X``: what every ring movie of the block is made from."""
-
-    rows: np.ndarray
-    fortran: bool
-    L: RingLayout
-    X: np.ndarray
-    Z: np.ndarray
-
-
-def ring_block(Y: np.ndarray, ring: RingOperands, dtype: np.dtype) -> RingBlock:
-    """:class:`RingBlock` of frames ``Y`` (one thread: the same numbers as each movie's own
-    block computes)."""
-    rows, fortran = frame_rows(Y)
-    L = ring.op.layout(fortran)
-    X = ring_x(L, rows, ring.Ct, dtype)
-    Z = np.empty_like(X)
-    ring_z_into(L, X, Z, range(L.n_pixels_ds))
-    return RingBlock(rows, fortran, L, X, Z)
-
-
 def evaluate_ring_movies(
     outs: Sequence[np.ndarray], plans: Sequence[Plan], Y: np.ndarray, ring: RingOperands
 ) -> None:
@@ -347,7 +332,7 @@ def evaluate_ring_movies(
     part empty or ``c·A·C``) into ``outs``, the block's background computed once; each
     movie's frames are bitwise those :func:`evaluate` gives it alone."""
     dt = plans[0].dtype
-    given = ring_block(Y, ring, dt)
+    given = ring_block(ring.op, Y, ring.Ct, dt)
     n = Y.shape[0]
     A = scipy.sparse.csc_matrix((math.prod(plans[0].dims), 0), dtype=dt)
     none = np.zeros((n, 0), dt)

@@ -47,6 +47,7 @@ from ._ring_kernels import combine, ring_inputs, spmm
 from .errors import OptionError, ShapeMismatchError
 
 __all__ = [
+    "RingBlock",
     "RingLayout",
     "RingOperator",
     "decimate",
@@ -54,10 +55,10 @@ __all__ = [
     "infer_ssub_B",
     "prepare_ring",
     "ring_background",
+    "ring_block",
     "ring_combine",
     "ring_frames",
     "ring_x",
-    "ring_z",
     "ring_z_into",
     "ring_z_own",
     "upsample",
@@ -350,11 +351,6 @@ class RingOperator:
         return self._fortran if fortran else self._c
 
     @cached_property
-    def qmap_c(self) -> np.ndarray:
-        """The block (C order of the grid) of each pixel taken in C order."""
-        return _grid(self.dims, self.ssub_B)[2]
-
-    @cached_property
     def _c(self) -> RingLayout:
         return _layout(self.dims, self.ssub_B, self.W, self.b0.reshape(-1), self.A, self.dtype)
 
@@ -364,7 +360,7 @@ class RingOperator:
         f_to_c = np.arange(P).reshape(self.dims).ravel(order="F")  # C index of each F pixel
         to_f = _fortran_to_c_perm(self.dims_ds)  # W's row (Fortran) of each C-ordered block
         W_rows_c = sp.csr_matrix(self.W_f)[to_f]  # rows in C order: Z comes out in C order
-        ptr_c, idx_c, qmap_c = _grid(self.dims, self.ssub_B)
+        ptr_c, idx_c, _ = _grid(self.dims, self.ssub_B)
         return _layout(
             self.dims[::-1],
             self.ssub_B,
@@ -372,7 +368,6 @@ class RingOperator:
             self.b0.reshape(-1)[f_to_c],
             self.A[f_to_c],
             self.dtype,
-            qmap=qmap_c[f_to_c],
             c_rows=(ptr_c, idx_c),
             W_own=self.W_f,
         )
@@ -412,8 +407,6 @@ class RingLayout:
         ``D·b0`` and ``1 / pixels per block`` ``(P_ds,)``, float64.
     row_ptr, row_idx
         CSR of the frame rows each downsampled row averages.
-    qmap
-        ``(P,)`` uint32: the row of ``Z = W·X`` (blocks in C order) of each pixel (this order).
     c_rows
         ``row_ptr`` / ``row_idx`` of the frame's C order (the output's).
     own
@@ -442,7 +435,6 @@ class RingLayout:
     inv: np.ndarray
     row_ptr: np.ndarray
     row_idx: np.ndarray
-    qmap: np.ndarray
     c_rows: tuple[np.ndarray, np.ndarray]
     own: np.ndarray
     DA: sp.csr_matrix
@@ -458,10 +450,6 @@ class RingLayout:
     def n_rows_ds(self) -> int:
         """Rows of the downsampled grid (all axes but the last)."""
         return len(self.row_ptr) - 1
-
-    @property
-    def nnz(self) -> int:
-        return len(self.W_val)
 
 
 def _grid(dims: tuple[int, ...], s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -501,14 +489,12 @@ def _layout(
     A: sp.spmatrix,
     dt: np.dtype,
     *,
-    qmap: np.ndarray | None = None,
     c_rows: tuple[np.ndarray, np.ndarray] | None = None,
     W_own: Any = None,
 ) -> RingLayout:
     """:class:`RingLayout` for frames in the C order of ``dims`` (``b0``, ``A`` and ``W``'s
-    columns in it; ``W``'s rows in the C order of the grid, which ``qmap`` indexes;
-    ``c_rows``: the C order's rows; ``W_own``: ``W`` with its rows in this order too; by
-    default this grid's)."""
+    columns in it; ``W``'s rows in the C order of the grid; ``c_rows``: the C order's rows;
+    ``W_own``: ``W`` with its rows in this order too; by default this grid's)."""
     dims_ds = downsampled_dims(dims, s)
     P, Pds = math.prod(dims), math.prod(dims_ds)
     row_ptr, row_idx, own = _grid(dims, s)
@@ -536,7 +522,6 @@ def _layout(
         inv=_readonly(inv),
         row_ptr=row_ptr,
         row_idx=row_idx,
-        qmap=own if qmap is None else qmap,
         c_rows=(row_ptr, row_idx) if c_rows is None else c_rows,
         own=own,
         DA=DA,
@@ -577,7 +562,7 @@ def prepare_ring(
         rounding; float32 is faster but differs from it by ~1e-4 on values
         ~1e3).
     A : scipy sparse matrix, shape (P, K), optional
-        The footprints **in C pixel order** (for ``D·A`` of :func:`ring_z`); none: ``K = 0``.
+        The footprints **in C pixel order** (for ``D·A`` of :func:`ring_x`); none: ``K = 0``.
 
     Returns
     -------
@@ -754,14 +739,6 @@ def ring_x(
     return X
 
 
-def ring_z(L: RingLayout, X: np.ndarray, rows: range | None = None) -> np.ndarray:
-    """``Z = W·X`` ``(P_ds, n)`` (rows ``rows`` only when given, the others left unset: row
-    ranges can be shared by threads writing one output)."""
-    Z = np.empty_like(X)
-    ring_z_into(L, X, Z, range(L.n_pixels_ds) if rows is None else rows)
-    return Z
-
-
 def ring_z_into(L: RingLayout, X: np.ndarray, Z: np.ndarray, rows: range) -> None:
     """Rows ``rows`` of ``Z = W·X`` into ``Z``."""
     spmm(L.W_ptr, L.W_idx, L.W_val, X, Z, rows.start, rows.stop)
@@ -776,7 +753,7 @@ def ring_combine(
     part: range | None = None,
 ) -> None:
     """C-ordered frames ``out`` ``(n, P)``: ``B = b0 + U(Z)`` written, or subtracted
-    (``Z`` from :func:`ring_z` in C order of the grid; downsampled rows ``part`` of the C
+    (``Z`` from :func:`ring_z_into` in C order of the grid; downsampled rows ``part`` of the C
     grid only, when given)."""
     ptr, idx = L.c_rows
     part = range(len(ptr) - 1) if part is None else part
@@ -794,6 +771,29 @@ def ring_combine(
     )
 
 
+@dataclass(frozen=True)
+class RingBlock:
+    """A block's frames as stored (rows, pixel order), its ``X = D·Y − (D·A)·C − D·b0`` and
+    ``Z = W·X``: what every ring movie of the block is made from."""
+
+    rows: np.ndarray
+    fortran: bool
+    L: RingLayout
+    X: np.ndarray
+    Z: np.ndarray
+
+
+def ring_block(op: RingOperator, Y: np.ndarray, Ct: np.ndarray, dtype: np.dtype) -> RingBlock:
+    """:class:`RingBlock` of frames ``Y`` ``(n, *dims)`` (any layout) with the traces ``Ct``
+    ``(n, K)`` of all the footprints ``op`` was prepared with (one thread)."""
+    rows, fortran = frame_rows(Y)
+    L = op.layout(fortran)
+    X = ring_x(L, rows, Ct, dtype)
+    Z = np.empty_like(X)
+    ring_z_into(L, X, Z, range(L.n_pixels_ds))
+    return RingBlock(rows, fortran, L, X, Z)
+
+
 def ring_background(op: RingOperator, Y_frames: npt.ArrayLike, Ct: npt.ArrayLike) -> np.ndarray:
     """:func:`ring_frames` by CaImAn's formula ``b0 + U(W·(D·Y − (D·A)·C − D·b0))`` and the
     compiled kernels (one thread): frames ``(n, *dims)`` in C order, ``op.dtype``.
@@ -803,11 +803,9 @@ def ring_background(op: RingOperator, Y_frames: npt.ArrayLike, Ct: npt.ArrayLike
     Y = np.asarray(Y_frames)
     if Y.ndim != len(op.dims) + 1 or Y.shape[1:] != op.dims:
         raise ShapeMismatchError(f"Y_frames must have shape (n, *{op.dims}), got {Y.shape}")
-    rows, fortran = frame_rows(Y)
-    L = op.layout(fortran)
-    Z = ring_z(L, ring_x(L, rows, np.asarray(Ct), op.dtype))
+    b = ring_block(op, Y, np.asarray(Ct), op.dtype)
     out = np.empty((Y.shape[0], op.n_pixels), op.dtype)
-    ring_combine(op, L, out, Z, False)
+    ring_combine(op, b.L, out, b.Z, False)
     return out.reshape(Y.shape)
 
 

@@ -23,6 +23,7 @@ from caiman_dask._ring import (
     decimate,
     infer_ssub_B,
     prepare_ring,
+    ring_background,
     ring_frames,
     upsample,
 )
@@ -186,6 +187,32 @@ def test_ring_frames_matches_dense_fortran_reference(dims: tuple[int, ...], s: i
     B32 = ring_frames(op32, Y, AC)
     assert B32.dtype == np.float32
     np.testing.assert_allclose(B32, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize(("dims", "s"), CASES)
+def test_compiled_background_matches_the_reference(dims: tuple[int, ...], s: int) -> None:
+    """``ring_background`` (CaImAn's ``D·Y − (D·A)·C`` and the compiled kernels, in the
+    frames' own pixel order) against ``ring_frames`` (``D·(Y − A·C)`` in NumPy, C order): the
+    same background to rounding, for frames stored in C and in Fortran order."""
+    rng = np.random.default_rng(99 + s + len(dims))
+    W, b0 = _random_model(rng, dims, s)
+    P, K, n = math.prod(dims), 4, 6
+    A_f = sp.random(P, K, density=0.3, random_state=rng, format="csc")
+    A_c = A_f.tocsr()[np.arange(P).reshape(dims, order="F").ravel()]  # rows in C order
+    C = rng.normal(0, 20, size=(K, n))
+    Y = rng.uniform(0, 500, size=(n, *dims))
+    AC = (A_c @ C).T.reshape((n, *dims))
+    op = prepare_ring(W, b0, dims, A=A_c)
+    ref = ring_frames(op, Y, AC)
+    rev = (0, *range(len(dims), 0, -1))
+    Y_f = np.ascontiguousarray(Y.transpose(rev)).transpose(rev)  # Fortran-ordered frames
+    assert not Y_f.flags.c_contiguous
+    for frames in (Y, Y_f):
+        B = ring_background(op, frames, C.T)
+        assert B.shape == (n, *dims) and B.dtype == np.float64 and B.flags.c_contiguous
+        np.testing.assert_allclose(B, ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+        # a frame does not depend on the frames computed with it
+        np.testing.assert_array_equal(ring_background(op, frames[2:3], C.T[2:3]), B[2:3])
 
 
 @pytest.mark.parametrize(("dims", "s"), CASES)
