@@ -233,20 +233,22 @@ def test_frames_shared_by_the_cores(monkeypatch, tmp_path, layout):
 def test_export_computes_the_background_once(monkeypatch, tmp_path):
     """``cd.to_zarr`` of a ring model's ``rcb`` and ``residuals``: one ``W·X`` per write unit
     for both movies, and the stored frames are each movie's own blocks, bit for bit."""
-    from caiman_dask import _frames
+    from caiman_dask import _frames, _ring
 
     m, *_ = _model((20, 24), 2, T=30, layout="F", tmp=tmp_path, seed=6)
     calls: list[int] = []
-    real = _frames.ring_z_into
+    real = _ring.ring_z_into
 
     def counting(L, X, Z, rows):
         calls.append(X.shape[1])
         return real(L, X, Z, rows)
 
-    monkeypatch.setattr(_frames, "ring_z_into", counting)
+    for module in (_frames, _ring):  # (every caller of the sparse product)
+        monkeypatch.setattr(module, "ring_z_into", counting)
     out = cd.to_zarr(m, tmp_path / "e.zarr", movies=("rcb", "residuals"), projections=())
     assert sum(calls) == 30, "each frame's background once, for both movies"
-    monkeypatch.setattr(_frames, "ring_z_into", real)
+    for module in (_frames, _ring):
+        monkeypatch.setattr(module, "ring_z_into", real)
     for name, mv in (("rcb", cd.rcb(m)), ("residuals", cd.residuals(m))):
         stored = zarr.open_array(str(Path(out) / name / "0"), mode="r")[...]
         # the bytes each movie's own blocks give (its .data in the export's chunks)
